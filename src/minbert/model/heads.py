@@ -1,0 +1,130 @@
+"""Pooling and task heads. A head decides how its task is encoded (single, cross or bi).
+
+Every head is called as ``head(encoder, batch) -> Tensor`` of shape (B, num_outputs) or (B,):
+class logits, a binary logit, or a score in the model's training space.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from minbert.config import HeadConfig
+from minbert.data.batching import Batch, Segment
+from minbert.data.tasks import TaskSpec
+from minbert.model.bert import BertModel
+
+_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def pool(hidden: Tensor, mask: Tensor, pooler_output: Tensor, how: str) -> Tensor:
+    """One vector per sequence from token states (B, T, H) and the padding mask (B, T)."""
+    if how == "cls":
+        return hidden[:, 0]  # (B, H)
+    if how == "pooler":
+        return pooler_output  # (B, H)
+    keep = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    mean = (hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)  # (B, H)
+    if how == "mean":
+        return mean
+    most = hidden.masked_fill(keep == 0, torch.finfo(hidden.dtype).min).amax(1)  # (B, H)
+    if how == "max":
+        return most
+    if how == "mean+max":
+        return torch.cat([mean, most], dim=-1)  # (B, 2H)
+    raise ValueError(f"unknown pooling {how!r}")
+
+
+def pooled_size(hidden_size: int, how: str) -> int:
+    return 2 * hidden_size if how == "mean+max" else hidden_size
+
+
+def classifier(in_dim: int, out_dim: int, head: HeadConfig) -> nn.Sequential:
+    """``linear``: dropout + linear. ``mlp``: (dropout, linear, activation) per hidden size, then linear."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    if head.kind == "mlp":
+        for size in head.hidden:
+            layers += [nn.Dropout(head.dropout), nn.Linear(width, size), _ACTIVATIONS[head.activation]()]
+            width = size
+    layers += [nn.Dropout(head.dropout), nn.Linear(width, out_dim)]
+    return nn.Sequential(*layers)
+
+
+def encode(encoder: BertModel, segment: Segment, how: str) -> Tensor:
+    out = encoder(*segment.as_tuple())
+    return pool(out.last_hidden_state, segment.attention_mask, out.pooler_output, how)
+
+
+def pair_features(u: Tensor, v: Tensor, features: str) -> Tensor:
+    parts = [u, v]
+    if features in ("uvd", "uvdp"):
+        parts.append((u - v).abs())
+    if features == "uvdp":
+        parts.append(u * v)
+    return torch.cat(parts, dim=-1)  # (B, k*H)
+
+
+class SequenceHead(nn.Module):
+    """One sequence per example: a single sentence, or a cross-encoded pair."""
+
+    def __init__(self, spec: TaskSpec, head: HeadConfig, hidden_size: int):
+        super().__init__()
+        self.pooling = head.pooling
+        self.classifier = classifier(pooled_size(hidden_size, head.pooling), spec.num_outputs, head)
+        self.squeeze = spec.num_outputs == 1
+
+    def forward(self, encoder: BertModel, batch: Batch) -> Tensor:
+        (segment,) = batch.segments
+        out = self.classifier(encode(encoder, segment, self.pooling))
+        return out.squeeze(-1) if self.squeeze else out
+
+
+class BiEncoderHead(nn.Module):
+    """Each sentence encoded alone (siamese), then features or cosine similarity.
+
+    Both sentences go through the encoder in one call (one batch of 2B sequences). With
+    ``kind = "cosine"`` the output is cos(u, v): a score in [-1, 1] for regression (trained
+    against labels mapped to [0, 1]), or for binary tasks a logit ``scale * cos + bias`` with
+    learned scale and bias.
+    """
+
+    def __init__(self, spec: TaskSpec, head: HeadConfig, hidden_size: int):
+        super().__init__()
+        self.pooling = head.pooling
+        self.kind = head.kind
+        self.features = head.features
+        width = pooled_size(hidden_size, head.pooling)
+        if head.kind == "cosine":
+            self.binary = spec.label_kind == "binary"
+            if self.binary:
+                self.scale = nn.Parameter(torch.tensor(10.0))
+                self.bias = nn.Parameter(torch.tensor(-5.0))
+        else:
+            k = {"uv": 2, "uvd": 3, "uvdp": 4}[head.features]
+            self.classifier = classifier(k * width, spec.num_outputs, head)
+
+    def embed_pair(self, encoder: BertModel, batch: Batch) -> tuple[Tensor, Tensor]:
+        a, b = batch.segments
+        width = max(a.input_ids.shape[1], b.input_ids.shape[1])
+        both = Segment(*(torch.cat([_pad_to(x, width), _pad_to(y, width)]) for x, y in zip(a.as_tuple(), b.as_tuple(), strict=True)))
+        pooled = encode(encoder, both, self.pooling)  # (2B, H)
+        return pooled.chunk(2)
+
+    def forward(self, encoder: BertModel, batch: Batch) -> Tensor:
+        u, v = self.embed_pair(encoder, batch)
+        if self.kind == "cosine":
+            cos = F.cosine_similarity(u.float(), v.float(), dim=-1)  # (B,)
+            return self.scale * cos + self.bias if self.binary else cos
+        return self.classifier(pair_features(u, v, self.features)).squeeze(-1)
+
+
+def _pad_to(x: Tensor, width: int) -> Tensor:
+    return F.pad(x, (0, width - x.shape[1]))  # pads with 0: [PAD], mask 0, segment 0
+
+
+def build_head(spec: TaskSpec, head: HeadConfig, hidden_size: int) -> nn.Module:
+    if spec.is_pair and head.encoding == "bi":
+        return BiEncoderHead(spec, head, hidden_size)
+    return SequenceHead(spec, head, hidden_size)

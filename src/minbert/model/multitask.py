@@ -1,0 +1,53 @@
+"""One shared encoder and a head per task: ``model(task, batch)``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from minbert.config import Config
+from minbert.data.batching import Batch
+from minbert.data.tasks import TASKS
+from minbert.model.bert import BertModel
+from minbert.model.heads import build_head
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(self, encoder: BertModel, config: Config, tasks: list[str] | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.tasks = list(tasks or config.train.tasks)
+        self.heads = nn.ModuleDict(
+            {t: build_head(TASKS[t], config.head(t), encoder.config.hidden_size) for t in self.tasks}
+        )
+        self.normalise = {t: config.head(t).normalise or config.head(t).kind == "cosine" for t in self.tasks}
+
+    def forward(self, task: str, batch: Batch) -> Tensor:
+        if task not in self.heads:
+            raise KeyError(f"this model has no head for task {task!r}; it has {self.tasks}")
+        return self.heads[task](self.encoder, batch)
+
+    def training_targets(self, task: str, labels: Tensor) -> Tensor:
+        """Labels in the space the head is trained in (scores mapped to [0, 1] if normalised)."""
+        spec = TASKS[task]
+        if spec.label_kind == "score" and self.normalise[task]:
+            low, high = spec.score_range
+            return (labels - low) / (high - low)
+        return labels
+
+    @torch.no_grad()
+    def predictions(self, task: str, outputs: Tensor) -> Tensor:
+        """Head outputs -> task predictions: class ids, 0/1, or scores in the label range."""
+        spec = TASKS[task]
+        if spec.label_kind == "class":
+            return outputs.argmax(-1)
+        if spec.label_kind == "binary":
+            return (outputs > 0).long()
+        low, high = spec.score_range
+        scores = outputs.float()
+        if self.normalise[task]:
+            scores = low + scores * (high - low)
+        return scores.clamp(low, high)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.encoder.parameters() if p.requires_grad]

@@ -1,0 +1,105 @@
+"""BERT WordPiece tokenisation through the ``tokenizers`` library.
+
+Built from a ``vocab.txt`` exactly as BERT uncased does it: clean text, split CJK
+characters, lowercase and strip accents, split on whitespace and punctuation, WordPiece
+with ``##`` continuations, then ``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]`` with segment
+ids 0/1. Truncation is longest-first for pairs, as ``transformers`` does it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers import normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One tokenised input, without padding."""
+
+    input_ids: list[int]
+    token_type_ids: list[int]
+    truncated: bool  # True when tokens were dropped to fit max_length
+
+
+class Tokenizer:
+    """WordPiece tokenizer with BERT's special tokens and segment ids."""
+
+    def __init__(self, vocab_file: str | Path, lowercase: bool = True):
+        self.vocab_file = Path(vocab_file)
+        vocab = _read_vocab(self.vocab_file)
+        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+        if missing:
+            raise ValueError(f"{self.vocab_file}: vocabulary lacks special tokens {missing}")
+        self.vocab = vocab
+        self.lowercase = lowercase
+        self.pad_id = vocab["[PAD]"]
+        self.cls_id = vocab["[CLS]"]
+        self.sep_id = vocab["[SEP]"]
+        self.mask_id = vocab["[MASK]"]
+        tok = _HFTokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)],
+        )
+        self._tok = tok
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def _set_length(self, max_length: int | None) -> None:
+        if max_length is None:
+            self._tok.no_truncation()
+        else:
+            if max_length < 4:
+                raise ValueError(f"max_length must be at least 4, got {max_length}")
+            self._tok.enable_truncation(max_length, strategy="longest_first")
+
+    def encode(self, text: str, text_pair: str | None = None, max_length: int | None = 512) -> Encoding:
+        return self.encode_batch([text], None if text_pair is None else [text_pair], max_length)[0]
+
+    def encode_batch(
+        self,
+        texts: list[str],
+        text_pairs: list[str] | None = None,
+        max_length: int | None = 512,
+    ) -> list[Encoding]:
+        """Tokenise many inputs at once (parallel in the Rust library)."""
+        self._set_length(max_length)
+        if text_pairs is None:
+            raw = self._tok.encode_batch(texts)
+        else:
+            if len(text_pairs) != len(texts):
+                raise ValueError(f"{len(texts)} first texts but {len(text_pairs)} second texts")
+            raw = self._tok.encode_batch(list(zip(texts, text_pairs, strict=True)))
+        return [Encoding(e.ids, e.type_ids, bool(e.overflowing)) for e in raw]
+
+    def tokenize(self, text: str) -> list[str]:
+        """WordPiece tokens of ``text`` without special tokens (for inspection)."""
+        self._set_length(None)
+        return self._tok.encode(text, add_special_tokens=False).tokens
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids)
+
+
+def _read_vocab(path: Path) -> dict[str, int]:
+    if not path.is_file():
+        raise FileNotFoundError(f"vocabulary file not found: {path}")
+    vocab: dict[str, int] = {}
+    with path.open(encoding="utf-8") as f:
+        for index, line in enumerate(f):
+            token = line.rstrip("\n")
+            # One token a line; as in HF's load_vocab, a repeated token keeps its last index.
+            vocab[token] = index
+    return vocab

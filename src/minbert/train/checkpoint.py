@@ -1,0 +1,83 @@
+"""Saving and loading a trained model directory (``RUN/best/``), written atomically.
+
+A model directory holds everything needed to rebuild the model without the pretrained
+package: ``model.safetensors`` (encoder + heads), ``config.toml`` (the run's resolved
+config), ``encoder.json`` (the BERT architecture), ``vocab.txt`` and ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from minbert.config import Config, load_config
+from minbert.model.bert import BertConfig, BertModel
+from minbert.model.multitask import MultiTaskModel
+from minbert.model.tokenizer import Tokenizer
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def save_model_dir(
+    model: MultiTaskModel, tokenizer: Tokenizer, config: Config, out: Path, meta: dict
+) -> None:
+    """Write the directory next to ``out``, then swap it in, so ``out`` is never half-written."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, tmp / "model.safetensors")
+    (tmp / "config.toml").write_text(config.to_toml(), encoding="utf-8")
+    (tmp / "encoder.json").write_text(json.dumps(model.encoder.config.to_hf_dict(), indent=2))
+    shutil.copyfile(tokenizer.vocab_file, tmp / "vocab.txt")
+    (tmp / "meta.json").write_text(
+        json.dumps({**meta, "lowercase": tokenizer.lowercase, "tasks": model.tasks}, indent=2)
+    )
+    for f in tmp.iterdir():
+        with f.open("rb") as handle:
+            os.fsync(handle.fileno())
+    old = out.with_name(f".{out.name}.old")
+    if out.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+    tmp.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def find_model_dir(run_or_dir: str | Path) -> Path:
+    """Accept a run folder (uses its ``best/``) or a model directory itself."""
+    path = Path(run_or_dir)
+    for candidate in (path, path / "best"):
+        if (candidate / "model.safetensors").is_file() and (candidate / "config.toml").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{path}: no trained model here (expected {path}/best/model.safetensors); "
+        "train one with `minbert train --out RUN`"
+    )
+
+
+def load_model_dir(run_or_dir: str | Path) -> tuple[MultiTaskModel, Tokenizer, Config]:
+    model_dir = find_model_dir(run_or_dir)
+    config = load_config(model_dir / "config.toml")
+    meta = json.loads((model_dir / "meta.json").read_text())
+    encoder = BertModel(BertConfig.from_json(model_dir / "encoder.json"), attention=config.model.attention)
+    model = MultiTaskModel(encoder, config, meta["tasks"])
+    model.load_state_dict(load_file(model_dir / "model.safetensors"), strict=True)
+    tokenizer = Tokenizer(model_dir / "vocab.txt", lowercase=meta.get("lowercase", True))
+    return model.eval(), tokenizer, config

@@ -1,0 +1,99 @@
+"""AdamW written here (Loshchilov & Hutter 2019), parameter groups, and LR schedules.
+
+The update matches ``torch.optim.AdamW``: decoupled decay ``p -= lr * wd * p`` first, then
+Adam with bias-corrected moments, ``p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+class AdamW(Optimizer):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ):
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError(f"lr, eps and weight_decay must be >= 0: {lr}, {eps}, {weight_decay}")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be in [0, 1): {betas}")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("AdamW does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                step = state["step"]
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                grad = p.grad
+                p.mul_(1 - lr * decay)  # decoupled weight decay
+                exp_avg.lerp_(grad, 1 - beta1)  # m = b1 m + (1 - b1) g
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v = b2 v + (1 - b2) g^2
+                bias1 = 1 - beta1**step
+                bias2 = 1 - beta2**step
+                denom = (exp_avg_sq.sqrt() / math.sqrt(bias2)).add_(eps)
+                p.addcdiv_(exp_avg, denom, value=-lr / bias1)
+        return loss
+
+
+def no_decay(name: str) -> bool:
+    """Biases and LayerNorm weights are not decayed (as in BERT's original recipe)."""
+    return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (plain if no_decay(name) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def lr_lambda(kind: str, total_steps: int, warmup_steps: int):
+    """Multiplier of the peak LR at each step: linear warm-up, then linear/cosine decay to 0."""
+    if kind not in ("linear", "cosine", "constant"):
+        raise ValueError(f"unknown LR schedule {kind!r}; use linear, cosine or constant")
+    total_steps = max(1, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if kind == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def warmup_schedule(optimizer: Optimizer, kind: str, total_steps: int, warmup_steps: int) -> LambdaLR:
+    return LambdaLR(optimizer, lr_lambda(kind, total_steps, warmup_steps))
