@@ -47,8 +47,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bf16 = use_bf16(config.train.precision, device)
     model.to(device)
     tasks = args.task or model.tasks
-    datasets = {t: load_split(config, t, args.split, tokenizer) for t in _check_tasks(tasks, model.tasks)}
-    metrics, _ = evaluate(model, datasets, config.train.eval_batch_size, device, bf16, progress=True)
+    datasets = {
+        t: load_split(config, t, args.split, tokenizer) for t in _check_tasks(tasks, model.tasks)
+    }
+    metrics, _ = evaluate(
+        model, datasets, config.train.eval_batch_size, device, bf16, progress=True
+    )
     print(f"{args.split} scores of {args.run}:")
     print(format_metrics(metrics))
     return 0
@@ -89,8 +93,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = resolve_device(config.train.device)
     bi = spec.is_pair and config.head(args.task).encoding == "bi"
     encoded = encode_task(data, tokenizer, config.data.max_length, bi_encode=bi)
-    preds = predict(model.to(device), encoded, config.train.eval_batch_size, device,
-                    use_bf16(config.train.precision, device))
+    preds = predict(
+        model.to(device),
+        encoded,
+        config.train.eval_batch_size,
+        device,
+        use_bf16(config.train.precision, device),
+    )
     if args.output:
         write_predictions(args.output, data.ids, preds, spec.label_kind)
         print(f"wrote {len(preds)} predictions to {args.output}")
@@ -126,16 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model as a config says")
     train.add_argument("--config", help="TOML config file (default: built-in defaults)")
     train.add_argument("--out", required=True, help="run folder to create")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set train.lr=3e-5 (repeatable)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.lr=3e-5 (repeatable)",
+    )
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="recompute metrics of a trained run")
     ev.add_argument("run", help="run folder (or a model directory)")
     ev.add_argument("--split", default="dev", choices=["train", "dev"])
     ev.add_argument("--task", action="append", help="only this task (repeatable)")
-    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key of the run, e.g. --set data.dir=other")
+    ev.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key of the run, e.g. --set data.dir=other",
+    )
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="predict with a trained run")

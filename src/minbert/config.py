@@ -86,9 +86,7 @@ class TrainConfig:
     betas: list[float] = _field([0.9, 0.999], "AdamW betas")
     eps: float = _field(1e-8, "AdamW epsilon", min=0.0)
     warmup_ratio: float = _field(0.1, "fraction of steps with linear warm-up", min=0.0, max=1.0)
-    lr_schedule: Literal["linear", "cosine", "constant"] = _field(
-        "linear", "decay after warm-up"
-    )
+    lr_schedule: Literal["linear", "cosine", "constant"] = _field("linear", "decay after warm-up")
     seed: int = _field(11711, "seed of every random generator", min=0)
     schedule: Literal["sequential", "round_robin", "interleaved"] = _field(
         "sequential", "which task batches make each optimiser step"
@@ -282,7 +280,9 @@ def _deep_copy(d: dict) -> dict:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Defaults, then the TOML file (if any), then ``key=value`` overrides."""
     data: dict = {}
     if path is not None:

@@ -28,7 +28,9 @@ def predict(
     model.eval()
     out = np.zeros(len(data), dtype=np.float64)
     batches = eval_batches(data.lengths, batch_size)
-    for rows in tqdm(batches, desc=f"eval {data.task} {data.split}", leave=False, disable=not progress):
+    for rows in tqdm(
+        batches, desc=f"eval {data.task} {data.split}", leave=False, disable=not progress
+    ):
         batch = data.batch(rows).to(device)
         with autocast(device, bf16):
             outputs = model(data.task, batch)

@@ -10,7 +10,9 @@ import numpy as np
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if predictions.shape != labels.shape or len(labels) == 0:
-        raise ValueError(f"accuracy needs equal, non-empty shapes: {predictions.shape} vs {labels.shape}")
+        raise ValueError(
+            f"accuracy needs equal, non-empty shapes: {predictions.shape} vs {labels.shape}"
+        )
     return float(np.mean(predictions == labels))
 
 
@@ -28,7 +30,9 @@ def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
 METRICS = {"accuracy": accuracy, "pearson": pearson}
 
 
-def overall_scores(task_metrics: dict[str, float], metric_names: dict[str, str]) -> dict[str, float]:
+def overall_scores(
+    task_metrics: dict[str, float], metric_names: dict[str, str]
+) -> dict[str, float]:
     """Both overall forms over the tasks present.
 
     ``overall_mean``: plain mean of the task metrics. ``overall_leaderboard``: the CS224N

@@ -46,7 +46,11 @@ def classifier(in_dim: int, out_dim: int, head: HeadConfig) -> nn.Sequential:
     width = in_dim
     if head.kind == "mlp":
         for size in head.hidden:
-            layers += [nn.Dropout(head.dropout), nn.Linear(width, size), _ACTIVATIONS[head.activation]()]
+            layers += [
+                nn.Dropout(head.dropout),
+                nn.Linear(width, size),
+                _ACTIVATIONS[head.activation](),
+            ]
             width = size
     layers += [nn.Dropout(head.dropout), nn.Linear(width, out_dim)]
     return nn.Sequential(*layers)
@@ -108,7 +112,12 @@ class BiEncoderHead(nn.Module):
     def embed_pair(self, encoder: BertModel, batch: Batch) -> tuple[Tensor, Tensor]:
         a, b = batch.segments
         width = max(a.input_ids.shape[1], b.input_ids.shape[1])
-        both = Segment(*(torch.cat([_pad_to(x, width), _pad_to(y, width)]) for x, y in zip(a.as_tuple(), b.as_tuple(), strict=True)))
+        both = Segment(
+            *(
+                torch.cat([_pad_to(x, width), _pad_to(y, width)])
+                for x, y in zip(a.as_tuple(), b.as_tuple(), strict=True)
+            )
+        )
         pooled = encode(encoder, both, self.pooling)  # (2B, H)
         return pooled.chunk(2)
 

@@ -71,7 +71,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         # weights_only=True refuses pickles that would construct arbitrary objects or run code.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler raises many types; report them as one
-        raise WeightsError(f"{path}: not a plain tensor checkpoint, refused to load ({exc})") from exc
+        raise WeightsError(
+            f"{path}: not a plain tensor checkpoint, refused to load ({exc})"
+        ) from exc
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
     return state
@@ -103,7 +105,9 @@ def normalise_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def load_encoder_state(model: BertModel, state: dict[str, Tensor], source: str = "checkpoint") -> None:
+def load_encoder_state(
+    model: BertModel, state: dict[str, Tensor], source: str = "checkpoint"
+) -> None:
     """Strictly load ``state`` into ``model``; any mismatch is one error listing all problems."""
     state = normalise_keys(state)
     expected = model.state_dict()
@@ -166,6 +170,7 @@ def export_pretrained(model: BertModel, tokenizer: Tokenizer, out_dir: str | Pat
     vocab = sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])
     (out / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab), encoding="utf-8")
     (out / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.lowercase}) + "\n"
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.lowercase})
+        + "\n"
     )
     return out

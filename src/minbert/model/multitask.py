@@ -18,9 +18,14 @@ class MultiTaskModel(nn.Module):
         self.encoder = encoder
         self.tasks = list(tasks or config.train.tasks)
         self.heads = nn.ModuleDict(
-            {t: build_head(TASKS[t], config.head(t), encoder.config.hidden_size) for t in self.tasks}
+            {
+                t: build_head(TASKS[t], config.head(t), encoder.config.hidden_size)
+                for t in self.tasks
+            }
         )
-        self.normalise = {t: config.head(t).normalise or config.head(t).kind == "cosine" for t in self.tasks}
+        self.normalise = {
+            t: config.head(t).normalise or config.head(t).kind == "cosine" for t in self.tasks
+        }
 
     def forward(self, task: str, batch: Batch) -> Tensor:
         if task not in self.heads:

@@ -65,7 +65,9 @@ class Tokenizer:
                 raise ValueError(f"max_length must be at least 4, got {max_length}")
             self._tok.enable_truncation(max_length, strategy="longest_first")
 
-    def encode(self, text: str, text_pair: str | None = None, max_length: int | None = 512) -> Encoding:
+    def encode(
+        self, text: str, text_pair: str | None = None, max_length: int | None = 512
+    ) -> Encoding:
         return self.encode_batch([text], None if text_pair is None else [text_pair], max_length)[0]
 
     def encode_batch(

@@ -76,7 +76,9 @@ def load_model_dir(run_or_dir: str | Path) -> tuple[MultiTaskModel, Tokenizer, C
     model_dir = find_model_dir(run_or_dir)
     config = load_config(model_dir / "config.toml")
     meta = json.loads((model_dir / "meta.json").read_text())
-    encoder = BertModel(BertConfig.from_json(model_dir / "encoder.json"), attention=config.model.attention)
+    encoder = BertModel(
+        BertConfig.from_json(model_dir / "encoder.json"), attention=config.model.attention
+    )
     model = MultiTaskModel(encoder, config, meta["tasks"])
     model.load_state_dict(load_file(model_dir / "model.safetensors"), strict=True)
     tokenizer = Tokenizer(model_dir / "vocab.txt", lowercase=meta.get("lowercase", True))

@@ -28,7 +28,9 @@ class AdamW(Optimizer):
             raise ValueError(f"lr, eps and weight_decay must be >= 0: {lr}, {eps}, {weight_decay}")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be in [0, 1): {betas}")
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        super().__init__(
+            params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -37,7 +39,12 @@ class AdamW(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            lr, (beta1, beta2), eps, decay = (
+                group["lr"],
+                group["betas"],
+                group["eps"],
+                group["weight_decay"],
+            )
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -54,7 +61,9 @@ class AdamW(Optimizer):
                 grad = p.grad
                 p.mul_(1 - lr * decay)  # decoupled weight decay
                 exp_avg.lerp_(grad, 1 - beta1)  # m = b1 m + (1 - b1) g
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v = b2 v + (1 - b2) g^2
+                exp_avg_sq.mul_(beta2).addcmul_(
+                    grad, grad, value=1 - beta2
+                )  # v = b2 v + (1 - b2) g^2
                 bias1 = 1 - beta1**step
                 bias2 = 1 - beta2**step
                 denom = (exp_avg_sq.sqrt() / math.sqrt(bias2)).add_(eps)
@@ -72,7 +81,10 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         if p.requires_grad:
             (plain if no_decay(name) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": plain, "weight_decay": 0.0},
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -95,5 +107,7 @@ def lr_lambda(kind: str, total_steps: int, warmup_steps: int):
     return factor
 
 
-def warmup_schedule(optimizer: Optimizer, kind: str, total_steps: int, warmup_steps: int) -> LambdaLR:
+def warmup_schedule(
+    optimizer: Optimizer, kind: str, total_steps: int, warmup_steps: int
+) -> LambdaLR:
     return LambdaLR(optimizer, lr_lambda(kind, total_steps, warmup_steps))

@@ -17,7 +17,9 @@ from torch import Tensor, nn
 class GradientStrategy:
     name = "base"
 
-    def backward(self, losses: dict[str, Tensor], shared_params: Sequence[nn.Parameter]) -> dict[str, float]:
+    def backward(
+        self, losses: dict[str, Tensor], shared_params: Sequence[nn.Parameter]
+    ) -> dict[str, float]:
         raise NotImplementedError
 
     def state_dict(self) -> dict:

@@ -171,8 +171,13 @@ class Trainer:
         start = time.perf_counter()
         log.info(
             "training %s on %s (%s, bf16=%s): %d steps over %d epoch(s), schedule %s",
-            "+".join(self.tasks), self.device, self.config.model.name, self.bf16,
-            self.total_steps, cfg.epochs, cfg.schedule,
+            "+".join(self.tasks),
+            self.device,
+            self.config.model.name,
+            self.bf16,
+            self.total_steps,
+            cfg.epochs,
+            cfg.schedule,
         )
         for epoch, plan in enumerate(self.plans, start=1):
             if self.state.step >= self.total_steps:
@@ -183,7 +188,12 @@ class Trainer:
             loss_sum = dict.fromkeys(self.tasks, 0.0)
             loss_count = dict.fromkeys(self.tasks, 0)
             seen = dict.fromkeys(self.tasks, 0)
-            bar = tqdm(plan, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, dynamic_ncols=True)
+            bar = tqdm(
+                plan,
+                desc=f"epoch {epoch}/{cfg.epochs}",
+                disable=not cfg.progress,
+                dynamic_ncols=True,
+            )
             for step_plan in bar:
                 losses, sizes = self.train_step(step_plan)
                 for t, value in losses.items():
@@ -212,13 +222,20 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
             log.info(
                 "epoch %d: examples seen %s; train loss %s; dev %s (%.0fs)",
-                epoch, seen, _fmt(record["train_loss"]), _fmt(dev), record["epoch_seconds"],
+                epoch,
+                seen,
+                _fmt(record["train_loss"]),
+                _fmt(dev),
+                record["epoch_seconds"],
             )
             key = "overall_leaderboard"
             if dev[key] > self.state.best_score:
                 self.state.best_score, self.state.best_epoch = dev[key], epoch
                 save_model_dir(
-                    self.model, self.tokenizer, self.config, self.out / "best",
+                    self.model,
+                    self.tokenizer,
+                    self.config,
+                    self.out / "best",
                     {"epoch": epoch, "step": self.state.step, "dev": dev},
                 )
         return self.finish(time.perf_counter() - start)
@@ -228,9 +245,13 @@ class Trainer:
         model, _, _ = load_model_dir(self.out / "best")
         model.to(self.device)
         cfg = self.config.train
-        dev, dev_predictions = evaluate(model, self.dev_data, cfg.eval_batch_size, self.device, self.bf16)
+        dev, dev_predictions = evaluate(
+            model, self.dev_data, cfg.eval_batch_size, self.device, self.bf16
+        )
         test_data = {t: load_split(self.config, t, "test", self.tokenizer) for t in self.tasks}
-        _, test_predictions = evaluate(model, test_data, cfg.eval_batch_size, self.device, self.bf16)
+        _, test_predictions = evaluate(
+            model, test_data, cfg.eval_batch_size, self.device, self.bf16
+        )
         for split, data, predictions in (
             ("dev", self.dev_data, dev_predictions),
             ("test", test_data, test_predictions),
@@ -238,7 +259,9 @@ class Trainer:
             for task, d in data.items():
                 write_predictions(
                     self.out / "predictions" / f"{task}-{split}.csv",
-                    d.ids, predictions[task], TASKS[task].label_kind,
+                    d.ids,
+                    predictions[task],
+                    TASKS[task].label_kind,
                 )
         summary = {
             "best_epoch": self.state.best_epoch,

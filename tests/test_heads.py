@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+import torch
+
+from minbert.config import load_config
+from minbert.data.batching import encode_task
+from minbert.data.io import TaskData
+from minbert.data.tasks import TASKS
+from minbert.model.heads import pair_features, pool
+from minbert.model.multitask import MultiTaskModel
+from minbert.train.losses import task_loss
+
+
+def _data(task, texts, labels):
+    return TaskData(
+        task,
+        "train",
+        None,
+        [f"r{i}" for i in range(len(texts))],
+        texts,
+        np.asarray(labels, dtype=np.int64 if TASKS[task].label_kind == "class" else np.float32),
+        [],
+    )
+
+
+SENTENCES = [("the movie is good .",), ("a bad film",), ("what is not great ?",)]
+PAIRS = [
+    ("the dog was good", "a dog is good"),
+    ("why run ?", "how play ?"),
+    ("the cat", "the cat !"),
+]
+
+
+@pytest.mark.parametrize("pooling", ["cls", "pooler", "mean", "max", "mean+max"])
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_sentiment_heads(tiny_model, tiny_tokenizer, pooling, kind):
+    config = load_config(
+        None, [f"heads.sst.pooling={pooling}", f"heads.sst.kind={kind}", "heads.sst.hidden=[16, 8]"]
+    )
+    model = MultiTaskModel(tiny_model, config, ["sst"])
+    data = encode_task(_data("sst", SENTENCES, [0, 4, 2]), tiny_tokenizer, 32, bi_encode=False)
+    batch = data.batch(np.arange(3))
+    out = model("sst", batch)
+    assert out.shape == (3, 5)
+    loss = task_loss(TASKS["sst"], out, batch.labels)
+    loss.backward()
+    assert tiny_model.embeddings.word_embeddings.weight.grad is not None
+    assert model.predictions("sst", out).shape == (3,)
+
+
+@pytest.mark.parametrize("task", ["quora", "sts"])
+@pytest.mark.parametrize(
+    "head",
+    [
+        ["encoding=cross"],
+        ["encoding=cross", "pooling=mean", "kind=mlp"],
+        ["encoding=bi", "features=uv"],
+        ["encoding=bi", "features=uvd", "kind=mlp"],
+        ["encoding=bi", "features=uvdp", "pooling=mean+max"],
+        ["encoding=bi", "kind=cosine", "pooling=mean"],
+    ],
+)
+def test_pair_heads(tiny_model, tiny_tokenizer, task, head):
+    config = load_config(None, [f"heads.{task}.{h}" for h in head])
+    model = MultiTaskModel(tiny_model, config, [task])
+    bi = config.head(task).encoding == "bi"
+    data = encode_task(
+        _data(task, PAIRS, [1, 0, 1] if task == "quora" else [4.5, 0.2, 3.0]),
+        tiny_tokenizer,
+        32,
+        bi_encode=bi,
+    )
+    assert len(data.sequences) == (2 if bi else 1)
+    batch = data.batch(np.arange(3))
+    out = model(task, batch)
+    assert out.shape == (3,)
+    targets = model.training_targets(task, batch.labels)
+    if task == "sts":
+        assert targets.max() <= 1.0  # normalised to [0, 1]
+    task_loss(TASKS[task], out, targets).backward()
+    preds = model.predictions(task, out)
+    if task == "quora":
+        assert set(preds.tolist()) <= {0, 1}
+    else:
+        assert preds.min() >= 0 and preds.max() <= 5
+
+
+def test_bi_encoder_pair_is_siamese(tiny_model, tiny_tokenizer):
+    """Sentence a's embedding does not depend on sentence b (no cross attention)."""
+    config = load_config(None, ["heads.sts.encoding=bi", "heads.sts.kind=cosine"])
+    model = MultiTaskModel(tiny_model, config, ["sts"])
+    head = model.heads["sts"]
+    d1 = encode_task(_data("sts", [("the cat", "a dog is good")], [1.0]), tiny_tokenizer, 32, True)
+    d2 = encode_task(_data("sts", [("the cat", "why")], [1.0]), tiny_tokenizer, 32, True)
+    u1, _ = head.embed_pair(tiny_model, d1.batch(np.arange(1)))
+    u2, _ = head.embed_pair(tiny_model, d2.batch(np.arange(1)))
+    torch.testing.assert_close(u1, u2, atol=1e-5, rtol=1e-5)
+
+
+def test_pooling_ignores_padding():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, -100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert pool(hidden, mask, None, "mean").tolist() == [[2.0, 3.0]]
+    assert pool(hidden, mask, None, "max").tolist() == [[3.0, 4.0]]
+    assert pool(hidden, mask, None, "cls").tolist() == [[1.0, 2.0]]
+    assert pool(hidden, mask, None, "mean+max").shape == (1, 4)
+
+
+def test_pair_features():
+    u, v = torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0, 1.0]])
+    assert pair_features(u, v, "uvdp").tolist() == [[1.0, -2.0, 3.0, 1.0, 2.0, 3.0, 3.0, -2.0]]
+    assert pair_features(u, v, "uv").shape == (1, 4)
+
+
+def test_missing_head_is_a_clear_error(tiny_model):
+    model = MultiTaskModel(tiny_model, load_config(), ["sst"])
+    with pytest.raises(KeyError, match="no head for task 'sts'"):
+        model("sts", None)
