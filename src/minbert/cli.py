@@ -99,7 +99,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         config.train.eval_batch_size,
         device,
         use_bf16(config.train.precision, device),
-    )
+    ).values
     if args.output:
         write_predictions(args.output, data.ids, preds, spec.label_kind)
         print(f"wrote {len(preds)} predictions to {args.output}")
@@ -124,6 +124,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         encoder, tokenizer = load_pretrained(args.source)
     out = export_pretrained(encoder, tokenizer, args.out)
     print(f"wrote a Hugging Face BERT directory to {out}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from minbert.config import describe
+
+    config = load_config(args.config, args.set)
+    print(describe(config) if args.doc else config.to_toml(), end="")
     return 0
 
 
@@ -170,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("source", help="run folder, model directory, or pretrained model name")
     ex.add_argument("out", help="folder to write")
     ex.set_defaults(func=cmd_export)
+
+    co = sub.add_parser("config", help="print the resolved config (defaults, file, overrides)")
+    co.add_argument("--config", help="TOML config file")
+    co.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    co.add_argument("--doc", action="store_true", help="list every key with its meaning")
+    co.set_defaults(func=cmd_config)
     return parser
 
 

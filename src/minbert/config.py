@@ -157,6 +157,36 @@ class Config:
         return tomli_w.dumps(self.to_dict())
 
 
+def describe(config: Config) -> str:
+    """Every key with its current value, allowed values and meaning (``minbert config --doc``)."""
+    lines = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(value, key + ".")
+            elif (
+                isinstance(value, dict)
+                and value
+                and dataclasses.is_dataclass(next(iter(value.values())))
+            ):
+                for name, sub in value.items():
+                    walk(sub, f"{key}.{name}.")
+            else:
+                allowed = (
+                    typing.get_args(hints[f.name])
+                    if typing.get_origin(hints[f.name]) is Literal
+                    else ()
+                )
+                choice = f" (one of {', '.join(map(str, allowed))})" if allowed else ""
+                lines.append(f"{key} = {value!r}{choice}\n    {f.metadata.get('doc', '')}")
+
+    walk(config, "")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------
 # Building a Config from nested dicts, with validation that names the key.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -13,6 +15,14 @@ from minbert.model.multitask import MultiTaskModel
 from minbert.train.device import autocast
 
 
+@dataclass
+class Predictions:
+    """Per-row predictions (class ids, 0/1 or scores) and the raw head outputs behind them."""
+
+    values: np.ndarray  # (N,)
+    outputs: np.ndarray  # (N, classes) logits, or (N,) binary logits / scores in training space
+
+
 @torch.inference_mode()
 def predict(
     model: MultiTaskModel,
@@ -21,24 +31,28 @@ def predict(
     device: torch.device | str = "cpu",
     bf16: bool = False,
     progress: bool = False,
-) -> np.ndarray:
-    """Predictions (class ids, 0/1 or scores) for every row of ``data``, in row order."""
+) -> Predictions:
+    """Predictions for every row of ``data``, in row order."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    out = np.zeros(len(data), dtype=np.float64)
+    spec = TASKS[data.task]
+    values = np.zeros(len(data), dtype=np.float64)
+    width = (spec.num_outputs,) if spec.num_outputs > 1 else ()
+    outputs = np.zeros((len(data), *width), dtype=np.float32)
     batches = eval_batches(data.lengths, batch_size)
     for rows in tqdm(
         batches, desc=f"eval {data.task} {data.split}", leave=False, disable=not progress
     ):
         batch = data.batch(rows).to(device)
         with autocast(device, bf16):
-            outputs = model(data.task, batch)
-        out[rows] = model.predictions(data.task, outputs).cpu().numpy()
+            out = model(data.task, batch)
+        values[rows] = model.predictions(data.task, out).cpu().numpy()
+        outputs[rows] = out.float().cpu().numpy()
     model.train(was_training)
-    if TASKS[data.task].label_kind != "score":
-        return out.astype(np.int64)
-    return out
+    if spec.label_kind != "score":
+        values = values.astype(np.int64)
+    return Predictions(values, outputs)
 
 
 def score(task: str, predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -52,7 +66,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     bf16: bool = False,
     progress: bool = False,
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+) -> tuple[dict[str, float], dict[str, Predictions]]:
     """Metrics (``<task>_<metric>`` plus both overall forms) and predictions of each dataset."""
     metrics: dict[str, float] = {}
     per_task: dict[str, float] = {}
@@ -60,7 +74,7 @@ def evaluate(
     for task, data in datasets.items():
         predictions[task] = predict(model, data, batch_size, device, bf16, progress)
         if data.labels is not None:
-            value = score(task, predictions[task], data.labels)
+            value = score(task, predictions[task].values, data.labels)
             per_task[task] = value
             metrics[f"{task}_{TASKS[task].metric}"] = value
     metrics.update(overall_scores(per_task, {t: TASKS[t].metric for t in per_task}))

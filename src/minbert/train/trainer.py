@@ -257,12 +257,15 @@ class Trainer:
             ("test", test_data, test_predictions),
         ):
             for task, d in data.items():
+                folder = self.out / "predictions"
                 write_predictions(
-                    self.out / "predictions" / f"{task}-{split}.csv",
+                    folder / f"{task}-{split}.csv",
                     d.ids,
-                    predictions[task],
+                    predictions[task].values,
                     TASKS[task].label_kind,
                 )
+                if split == "dev":  # raw outputs, for the report's confidence-ranked errors
+                    np.save(folder / f"{task}-dev-outputs.npy", predictions[task].outputs)
         summary = {
             "best_epoch": self.state.best_epoch,
             "dev": dev,
