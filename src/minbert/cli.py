@@ -9,6 +9,7 @@ from pathlib import Path
 
 from minbert.config import ConfigError, config_from_dict, load_config
 from minbert.data.io import DataError
+from minbert.eval.report import ReportError
 from minbert.model.loading import WeightsError
 
 log = logging.getLogger("minbert")
@@ -135,6 +136,20 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from minbert.eval.report import write_report
+
+    print(f"wrote {write_report(args.run) / 'summary.md'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from minbert.eval.compare import compare_table
+
+    print(compare_table([Path(r) for r in args.runs]), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minbert", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -184,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     co.add_argument("--doc", action="store_true", help="list every key with its meaning")
     co.set_defaults(func=cmd_config)
+
+    rp = sub.add_parser("report", help="(re)write RUN/report/: summary, curves, error analysis")
+    rp.add_argument("run", help="run folder")
+    rp.set_defaults(func=cmd_report)
+
+    cp = sub.add_parser("compare", help="markdown table of the dev scores of finished runs")
+    cp.add_argument("runs", nargs="+", help="run folders")
+    cp.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -195,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ConfigError, DataError, WeightsError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, WeightsError, ReportError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

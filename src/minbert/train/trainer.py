@@ -20,6 +20,7 @@ from minbert.data.io import read_task_file, write_predictions
 from minbert.data.schedules import plan_epoch, planned_examples
 from minbert.data.tasks import TASKS
 from minbert.eval.evaluate import evaluate
+from minbert.eval.report import write_report
 from minbert.model.loading import load_pretrained
 from minbert.model.multitask import MultiTaskModel
 from minbert.model.tokenizer import Tokenizer
@@ -274,6 +275,8 @@ class Trainer:
             "bf16": self.bf16,
         }
         (self.out / "final.json").write_text(json.dumps(summary, indent=2) + "\n")
+        report = write_report(self.out)
+        log.info("report: %s", report / "summary.md")
         logging.getLogger("minbert").removeHandler(self._log_handler)
         self._log_handler.close()
         return summary
