@@ -56,6 +56,12 @@ def test_no_decay_for_biases_and_layernorm():
     assert len(decayed) == 2
 
 
+def test_groups_can_take_their_own_lr():
+    groups = parameter_groups(_Small(), 0.1, lambda name: 1e-3 if name.startswith("out.") else None)
+    by_lr = {(g["weight_decay"], g.get("lr")): len(g["params"]) for g in groups}
+    assert by_lr == {(0.1, None): 1, (0.0, None): 3, (0.1, 1e-3): 1, (0.0, 1e-3): 1}
+
+
 def test_weight_decay_is_decoupled():
     """With zero gradient, AdamW only shrinks weights by lr * wd (no Adam term)."""
     p = nn.Parameter(torch.ones(3, dtype=torch.float64))

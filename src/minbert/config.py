@@ -82,6 +82,7 @@ class TrainConfig:
     batch_size: int = _field(32, "examples per task batch", min=1)
     eval_batch_size: int = _field(128, "examples per evaluation batch", min=1)
     lr: float = _field(5e-5, "peak learning rate", min=0.0)
+    head_lr: float = _field(0.0, "peak learning rate of the task heads (0: same as lr)", min=0.0)
     weight_decay: float = _field(0.01, "decoupled weight decay (not on biases, LayerNorm)", min=0.0)
     betas: list[float] = _field([0.9, 0.999], "AdamW betas")
     eps: float = _field(1e-8, "AdamW epsilon", min=0.0)

@@ -7,7 +7,7 @@ Adam with bias-corrected moments, ``p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -76,16 +76,22 @@ def no_decay(name: str) -> bool:
     return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, plain = [], []
+def parameter_groups(
+    model: nn.Module, weight_decay: float, lr_of: Callable[[str], float | None] | None = None
+) -> list[dict]:
+    """Decay / no-decay groups; ``lr_of(name)`` may give some parameters their own LR."""
+    groups: dict[tuple[bool, float | None], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (plain if no_decay(name) else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": plain, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
+            key = (not no_decay(name), lr_of(name) if lr_of else None)
+            groups.setdefault(key, []).append(p)
+    out = []
+    for (decayed, lr), params in groups.items():
+        group = {"params": params, "weight_decay": weight_decay if decayed else 0.0}
+        if lr is not None:
+            group["lr"] = lr
+        out.append(group)
+    return out
 
 
 def lr_lambda(kind: str, total_steps: int, warmup_steps: int):

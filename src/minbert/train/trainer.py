@@ -95,7 +95,15 @@ class Trainer:
             total_steps = min(total_steps, config.train.max_steps)
         self.total_steps = total_steps
         self.optimizer = AdamW(
-            parameter_groups(self.model, config.train.weight_decay),
+            parameter_groups(
+                self.model,
+                config.train.weight_decay,
+                lambda name: (
+                    config.train.head_lr
+                    if config.train.head_lr and name.startswith("heads.")
+                    else None
+                ),
+            ),
             lr=config.train.lr,
             betas=tuple(config.train.betas),
             eps=config.train.eps,
