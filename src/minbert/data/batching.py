@@ -1,0 +1,171 @@
+"""Tokenise once, then pad and batch, grouping similar lengths to keep padding small.
+
+An ``EncodedTask`` holds every row of one split already tokenised: one sequence per row for
+single sentences and cross-encoded pairs, two for bi-encoded pairs. ``TaskStream`` serves
+training batches of any size from endless shuffled passes over it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from minbert.data.io import TaskData
+from minbert.model.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Segment:
+    """A padded batch of sequences."""
+
+    input_ids: Tensor  # (B, T)
+    attention_mask: Tensor  # (B, T), 1 for real tokens
+    token_type_ids: Tensor  # (B, T)
+
+    def to(self, device: torch.device | str) -> Segment:
+        return Segment(*(t.to(device, non_blocking=True) for t in self.as_tuple()))
+
+    def as_tuple(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.input_ids, self.attention_mask, self.token_type_ids
+
+
+@dataclass
+class Batch:
+    segments: list[Segment]  # [cross-encoded or single] or [sentence a, sentence b]
+    labels: Tensor | None  # (B,)
+    rows: np.ndarray  # indices of these examples in their EncodedTask
+
+    def to(self, device: torch.device | str) -> Batch:
+        labels = None if self.labels is None else self.labels.to(device, non_blocking=True)
+        return Batch([s.to(device) for s in self.segments], labels, self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class EncodedTask:
+    task: str
+    split: str
+    ids: list[str]
+    sequences: list[list[np.ndarray]]  # sequences[part][row] -> token ids
+    type_ids: list[list[np.ndarray]]  # same layout, segment ids
+    labels: np.ndarray | None
+    truncated: int  # rows with at least one sequence cut to max_length
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Longest part of each row: what its batch will be padded to."""
+        return np.max([[len(s) for s in part] for part in self.sequences], axis=0)
+
+    def batch(self, rows: np.ndarray, pad_id: int = 0) -> Batch:
+        segments = [
+            pad_sequences([ids[r] for r in rows], [types[r] for r in rows], pad_id)
+            for ids, types in zip(self.sequences, self.type_ids, strict=True)
+        ]
+        labels = None if self.labels is None else torch.from_numpy(self.labels[rows])
+        return Batch(segments, labels, rows)
+
+
+def encode_task(data: TaskData, tokenizer: Tokenizer, max_length: int, bi_encode: bool) -> EncodedTask:
+    """Tokenise every row of ``data`` once. Pairs are one sequence unless ``bi_encode``."""
+    columns = list(zip(*data.texts, strict=True))
+    if len(columns) == 1 or not bi_encode:
+        pair = list(columns[1]) if len(columns) == 2 else None
+        parts = [tokenizer.encode_batch(list(columns[0]), pair, max_length)]
+    else:
+        parts = [tokenizer.encode_batch(list(col), None, max_length) for col in columns]
+    truncated = int(np.sum(np.any([[e.truncated for e in part] for part in parts], axis=0)))
+    if truncated:
+        log.info(
+            "%s %s: %d of %d rows truncated to %d tokens",
+            data.task, data.split, truncated, len(data), max_length,
+        )
+    return EncodedTask(
+        task=data.task,
+        split=data.split,
+        ids=data.ids,
+        sequences=[[np.asarray(e.input_ids, dtype=np.int64) for e in part] for part in parts],
+        type_ids=[[np.asarray(e.token_type_ids, dtype=np.int64) for e in part] for part in parts],
+        labels=data.labels,
+        truncated=truncated,
+    )
+
+
+def pad_sequences(ids: list[np.ndarray], types: list[np.ndarray], pad_id: int = 0) -> Segment:
+    longest = max(len(x) for x in ids)
+    input_ids = np.full((len(ids), longest), pad_id, dtype=np.int64)
+    token_types = np.zeros((len(ids), longest), dtype=np.int64)
+    mask = np.zeros((len(ids), longest), dtype=np.int64)
+    for i, (x, t) in enumerate(zip(ids, types, strict=True)):
+        input_ids[i, : len(x)] = x
+        token_types[i, : len(t)] = t
+        mask[i, : len(x)] = 1
+    return Segment(torch.from_numpy(input_ids), torch.from_numpy(mask), torch.from_numpy(token_types))
+
+
+def grouped_order(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group: bool = True, chunk: int = 50
+) -> np.ndarray:
+    """A shuffled order of rows whose consecutive ``batch_size`` slices have similar lengths.
+
+    Rows are shuffled, cut into chunks of ``chunk`` batches, sorted by length inside each
+    chunk, split into batches, and the batches shuffled: padding stays small while every
+    batch is still a random draw.
+    """
+    order = rng.permutation(len(lengths))
+    if not group:
+        return order
+    span = batch_size * chunk
+    batches = []
+    for start in range(0, len(order), span):
+        piece = order[start : start + span]
+        piece = piece[np.argsort(lengths[piece], kind="stable")]
+        batches.extend(piece[i : i + batch_size] for i in range(0, len(piece), batch_size))
+    # Only the very last batch can be short; it stays last so that slices of batch_size
+    # taken from the order line up with the batches.
+    tail = [batches.pop()] if len(batches[-1]) < batch_size else []
+    shuffled = [batches[i] for i in rng.permutation(len(batches))]
+    return np.concatenate(shuffled + tail)
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Deterministic batches for evaluation, sorted by length (least padding)."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class TaskStream:
+    """Endless shuffled passes over one task's training rows, served in batches of any size.
+
+    A batch never spans two passes: the last batch of a pass may be smaller. Each task has
+    its own generator, so adding a task doesn't change another task's batches.
+    """
+
+    def __init__(self, data: EncodedTask, seed: int, group_lengths: bool = True, pad_id: int = 0):
+        self.data = data
+        self.rng = np.random.default_rng([seed, *data.task.encode()])
+        self.group_lengths = group_lengths
+        self.pad_id = pad_id
+        self.lengths = data.lengths
+        self.order = np.empty(0, dtype=np.int64)
+        self.position = 0
+        self.passes = 0
+
+    def take(self, batch_size: int) -> Batch:
+        if self.position >= len(self.order):
+            self.order = grouped_order(self.lengths, batch_size, self.rng, self.group_lengths)
+            self.position = 0
+            self.passes += 1
+        rows = self.order[self.position : self.position + batch_size]
+        self.position += len(rows)
+        return self.data.batch(rows, self.pad_id)
