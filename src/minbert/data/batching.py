@@ -76,7 +76,9 @@ class EncodedTask:
         return Batch(segments, labels, rows)
 
 
-def encode_task(data: TaskData, tokenizer: Tokenizer, max_length: int, bi_encode: bool) -> EncodedTask:
+def encode_task(
+    data: TaskData, tokenizer: Tokenizer, max_length: int, bi_encode: bool
+) -> EncodedTask:
     """Tokenise every row of ``data`` once. Pairs are one sequence unless ``bi_encode``."""
     columns = list(zip(*data.texts, strict=True))
     if len(columns) == 1 or not bi_encode:
@@ -88,7 +90,11 @@ def encode_task(data: TaskData, tokenizer: Tokenizer, max_length: int, bi_encode
     if truncated:
         log.info(
             "%s %s: %d of %d rows truncated to %d tokens",
-            data.task, data.split, truncated, len(data), max_length,
+            data.task,
+            data.split,
+            truncated,
+            len(data),
+            max_length,
         )
     return EncodedTask(
         task=data.task,
@@ -110,11 +116,17 @@ def pad_sequences(ids: list[np.ndarray], types: list[np.ndarray], pad_id: int = 
         input_ids[i, : len(x)] = x
         token_types[i, : len(t)] = t
         mask[i, : len(x)] = 1
-    return Segment(torch.from_numpy(input_ids), torch.from_numpy(mask), torch.from_numpy(token_types))
+    return Segment(
+        torch.from_numpy(input_ids), torch.from_numpy(mask), torch.from_numpy(token_types)
+    )
 
 
 def grouped_order(
-    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group: bool = True, chunk: int = 50
+    lengths: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    group: bool = True,
+    chunk: int = 50,
 ) -> np.ndarray:
     """A shuffled order of rows whose consecutive ``batch_size`` slices have similar lengths.
 

@@ -109,9 +109,7 @@ def read_task_file(
             bad.append(row)
             continue
         if len(row) != len(header):
-            bad.append(
-                BadRow(path, line_no, "row", f"{len(row)} columns, expected {len(header)}")
-            )
+            bad.append(BadRow(path, line_no, "row", f"{len(row)} columns, expected {len(header)}"))
             continue
         problems = []
         row_id = row[col["id"]].strip()
@@ -164,7 +162,7 @@ def _report_bad_rows(path: Path, bad: list[BadRow], on_bad_row: str) -> None:
         return
     raise DataError(
         f"{path}: {len(bad)} bad row(s):\n  {shown}{more}\n"
-        "Fix the file, or set data.on_bad_row = \"skip\" to drop these rows."
+        'Fix the file, or set data.on_bad_row = "skip" to drop these rows.'
     )
 
 

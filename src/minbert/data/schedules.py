@@ -32,12 +32,16 @@ def annealing_alpha(epoch: int, epochs: int) -> float:
     return 1.0 - 0.8 * (epoch - 1) / (epochs - 1)
 
 
-def sampling_weights(sizes: dict[str, int], sampling: str, epoch: int = 1, epochs: int = 1) -> dict[str, float]:
+def sampling_weights(
+    sizes: dict[str, int], sampling: str, epoch: int = 1, epochs: int = 1
+) -> dict[str, float]:
     alpha = {"proportional": 1.0, "sqrt": 0.5, "equal": 0.0}.get(sampling)
     if sampling == "annealed":
         alpha = annealing_alpha(epoch, epochs)
     if alpha is None:
-        raise ValueError(f"unknown sampling {sampling!r}; use proportional, sqrt, equal or annealed")
+        raise ValueError(
+            f"unknown sampling {sampling!r}; use proportional, sqrt, equal or annealed"
+        )
     raw = {t: float(n) ** alpha for t, n in sizes.items()}
     total = sum(raw.values())
     return {t: w / total for t, w in raw.items()}

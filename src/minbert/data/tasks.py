@@ -85,7 +85,11 @@ TASKS: dict[str, TaskSpec] = {
     "quora": TaskSpec(
         name="quora",
         description="Quora question pairs: paraphrase or not",
-        files={"train": "quora-train.csv", "dev": "quora-dev.csv", "test": "quora-test-student.csv"},
+        files={
+            "train": "quora-train.csv",
+            "dev": "quora-dev.csv",
+            "test": "quora-test-student.csv",
+        },
         text_columns=("sentence1", "sentence2"),
         label_column="is_duplicate",
         label_kind="binary",

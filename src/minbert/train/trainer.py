@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,8 @@ class Trainer:
                 desc=f"epoch {epoch}/{cfg.epochs}",
                 disable=not cfg.progress,
                 dynamic_ncols=True,
+                # in a log file rather than a terminal, a line every 30 s is enough
+                mininterval=0.1 if sys.stderr.isatty() else 30.0,
             )
             for step_plan in bar:
                 losses, sizes = self.train_step(step_plan)
@@ -209,7 +212,9 @@ class Trainer:
                     loss_sum[t] += value
                     loss_count[t] += 1
                     seen[t] += sizes[t]
-                bar.set_postfix({t: f"{loss_sum[t] / max(1, loss_count[t]):.3f}" for t in losses})
+                bar.set_postfix(
+                    {t: f"{loss_sum[t] / max(1, loss_count[t]):.3f}" for t in losses}, refresh=False
+                )
             train_seconds = time.perf_counter() - epoch_start
             dev, _ = evaluate(
                 self.model, self.dev_data, cfg.eval_batch_size, self.device, self.bf16, cfg.progress
