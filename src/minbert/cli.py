@@ -115,10 +115,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from minbert.model.loading import export_pretrained, load_pretrained
-    from minbert.train.checkpoint import find_model_dir, load_model_dir
+    from minbert.train.checkpoint import load_model_dir
 
-    try:
-        find_model_dir(args.source)
+    try:  # a run folder or model directory, else a pretrained model name or HF directory
         model, tokenizer, _ = load_model_dir(args.source)
         encoder = model.encoder
     except FileNotFoundError:
