@@ -92,8 +92,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise SystemExit("empty text")
         data = TaskData(args.task, "input", Path("<command line>"), ["text"], [texts], None, [])
     device = resolve_device(config.train.device)
-    bi = spec.is_pair and config.head(args.task).encoding == "bi"
-    encoded = encode_task(data, tokenizer, config.data.max_length, bi_encode=bi)
+    encoded = encode_task(
+        data, tokenizer, config.data.max_length, bi_encode=config.bi_encoded(args.task)
+    )
     preds = predict(
         model.to(device),
         encoded,

@@ -108,8 +108,13 @@ class TrainConfig:
     progress: bool = _field(True, "show progress bars")
 
 
+def default_head(task: str) -> HeadConfig:
+    """The head a task gets when the config does not say otherwise (from its TaskSpec)."""
+    return HeadConfig(**TASKS[task].default_head)
+
+
 def _default_heads() -> dict[str, HeadConfig]:
-    return {name: HeadConfig(**spec.default_head) for name, spec in TASKS.items()}
+    return {name: default_head(name) for name in TASKS}
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,11 @@ class Config:
                 raise ConfigError(f"heads.{task}.hidden: sizes must be >= 1, got {head.hidden}")
 
     def head(self, task: str) -> HeadConfig:
-        return self.heads.get(task, HeadConfig(**TASKS[task].default_head))
+        return self.heads.get(task) or default_head(task)
+
+    def bi_encoded(self, task: str) -> bool:
+        """True when ``task`` is a pair task whose sentences are encoded one at a time."""
+        return TASKS[task].is_pair and self.head(task).encoding == "bi"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -251,7 +260,7 @@ def _convert(tp: Any, value: Any, key: str, meta: dict, default: Any) -> Any:
 
 def _default_for(cls: type, key: str) -> Any:
     if cls is HeadConfig and key in TASKS:
-        return HeadConfig(**TASKS[key].default_head)
+        return default_head(key)
     return cls()
 
 

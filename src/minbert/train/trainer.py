@@ -8,7 +8,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +55,7 @@ def load_split(config: Config, task: str, split: str, tokenizer: Tokenizer) -> E
         on_bad_row=config.data.on_bad_row,
         limit=limit,
     )
-    bi = spec.is_pair and config.head(task).encoding == "bi"
-    return encode_task(data, tokenizer, config.data.max_length, bi_encode=bi)
+    return encode_task(data, tokenizer, config.data.max_length, bi_encode=config.bi_encoded(task))
 
 
 @dataclass
@@ -65,7 +64,6 @@ class RunState:
     epoch: int = 0
     best_score: float = -math.inf
     best_epoch: int = 0
-    history: list[dict] = field(default_factory=list)
 
 
 class Trainer:
@@ -231,7 +229,6 @@ class Trainer:
                 "epoch_seconds": round(time.perf_counter() - epoch_start, 2),
                 "elapsed_seconds": round(time.perf_counter() - start, 2),
             }
-            self.state.history.append(record)
             with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             log.info(
