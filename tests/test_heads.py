@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from minbert.config import load_config
+from minbert.config import ConfigError, load_config
 from minbert.data.batching import encode_task
 from minbert.data.io import TaskData
 from minbert.data.tasks import TASKS
@@ -116,3 +116,32 @@ def test_missing_head_is_a_clear_error(tiny_model):
     model = MultiTaskModel(tiny_model, load_config(), ["sst"])
     with pytest.raises(KeyError, match="no head for task 'sts'"):
         model("sts", None)
+
+
+def test_swap_shows_both_orders_in_training_only(tiny_model, tiny_tokenizer):
+    config = load_config(
+        None, ["heads.quora.encoding=bi", "heads.quora.swap=true", "heads.quora.dropout=0"]
+    )
+    model = MultiTaskModel(tiny_model, config, ["quora"])
+    head = model.heads["quora"]
+    batch = encode_task(_data("quora", PAIRS[:1], [1]), tiny_tokenizer, 32, bi_encode=True).batch(
+        np.arange(1)
+    )
+    model.eval()
+    with torch.no_grad():
+        u, v = head.embed_pair(tiny_model, batch)
+        in_order = head.classifier(pair_features(u, v, "uvdp")).item()
+        swapped = head.classifier(pair_features(v, u, "uvdp")).item()
+        assert model("quora", batch).item() == pytest.approx(in_order)  # eval: never swapped
+        head.train()  # the encoder stays in eval mode: no dropout
+        torch.manual_seed(0)
+        seen = [model("quora", batch).item() for _ in range(20)]
+    assert in_order != pytest.approx(swapped)
+    assert all(s == pytest.approx(in_order) or s == pytest.approx(swapped) for s in seen)
+    assert any(s == pytest.approx(in_order) for s in seen)
+    assert any(s == pytest.approx(swapped) for s in seen)
+
+
+def test_swap_needs_a_bi_encoded_pair_task():
+    with pytest.raises(ConfigError, match="heads.sst.swap"):
+        load_config(None, ["heads.sst.swap=true"])

@@ -61,6 +61,9 @@ class HeadConfig:
         "uvdp", "bi-encoder features: [u;v], [u;v;|u-v|], [u;v;|u-v|;u*v]"
     )
     normalise: bool = _field(True, "regression tasks: train on labels mapped to [0, 1]")
+    swap: bool = _field(
+        False, "bi-encoded pair tasks: train on (a, b) or (b, a) at random (symmetric relations)"
+    )
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,11 @@ class Config:
             if head.kind == "cosine" and not (spec.is_pair and head.encoding == "bi"):
                 raise ConfigError(
                     f"heads.{task}.kind: 'cosine' needs a bi-encoded pair task "
+                    f"(set heads.{task}.encoding = 'bi')"
+                )
+            if head.swap and not (spec.is_pair and head.encoding == "bi"):
+                raise ConfigError(
+                    f"heads.{task}.swap: needs a bi-encoded pair task "
                     f"(set heads.{task}.encoding = 'bi')"
                 )
             if any(h < 1 for h in head.hidden):

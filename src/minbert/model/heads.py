@@ -89,6 +89,7 @@ class BiEncoderHead(nn.Module):
     """Each sentence encoded alone (siamese), then features or cosine similarity.
 
     Both sentences go through the encoder in one call (one batch of 2B sequences). With
+    ``swap`` each training pair is presented in a random order. With
     ``kind = "cosine"`` the output is cos(u, v): a score in [-1, 1] for regression (trained
     against labels mapped to [0, 1]), or for binary tasks a logit ``scale * cos + bias`` with
     learned scale and bias.
@@ -99,6 +100,7 @@ class BiEncoderHead(nn.Module):
         self.pooling = head.pooling
         self.kind = head.kind
         self.features = head.features
+        self.swap = head.swap
         width = pooled_size(hidden_size, head.pooling)
         if head.kind == "cosine":
             self.binary = spec.label_kind == "binary"
@@ -123,6 +125,10 @@ class BiEncoderHead(nn.Module):
 
     def forward(self, encoder: BertModel, batch: Batch) -> Tensor:
         u, v = self.embed_pair(encoder, batch)
+        if self.swap and self.training:
+            # [u;v] is ordered but paraphrase and similarity are not: show both orders.
+            flip = (torch.rand(u.shape[0], device=u.device) < 0.5).unsqueeze(-1)  # (B, 1)
+            u, v = torch.where(flip, v, u), torch.where(flip, u, v)
         if self.kind == "cosine":
             cos = F.cosine_similarity(u.float(), v.float(), dim=-1)  # (B,)
             return self.scale * cos + self.bias if self.binary else cos

@@ -39,36 +39,57 @@ class AdamW(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, decay = (
-                group["lr"],
-                group["betas"],
-                group["eps"],
-                group["weight_decay"],
-            )
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("AdamW does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                step = state["step"]
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                grad = p.grad
-                p.mul_(1 - lr * decay)  # decoupled weight decay
-                exp_avg.lerp_(grad, 1 - beta1)  # m = b1 m + (1 - b1) g
-                exp_avg_sq.mul_(beta2).addcmul_(
-                    grad, grad, value=1 - beta2
-                )  # v = b2 v + (1 - b2) g^2
-                bias1 = 1 - beta1**step
-                bias2 = 1 - beta2**step
-                denom = (exp_avg_sq.sqrt() / math.sqrt(bias2)).add_(eps)
-                p.addcdiv_(exp_avg, denom, value=-lr / bias1)
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._update_group(group, params)
         return loss
+
+    def _update_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        """One update of a group's parameters with multi-tensor (``_foreach``) kernels.
+
+        The step is memory-bound (four float tensors the size of the model per update), so it
+        runs over all tensors of the group at once, and the bias corrections are folded into
+        the step size to save a pass: ``m / (sqrt(v / c2) + eps) = sqrt(c2) * m / (sqrt(v) +
+        eps * sqrt(c2))``. Equal to the textbook form up to rounding.
+        """
+        lr, (beta1, beta2), eps, decay = (
+            group["lr"],
+            group["betas"],
+            group["eps"],
+            group["weight_decay"],
+        )
+        if any(p.grad.is_sparse for p in params):
+            raise RuntimeError("AdamW does not support sparse gradients")
+        for p in params:
+            if not self.state[p]:
+                self.state[p].update(
+                    step=0,
+                    exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                    exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format),
+                )
+        # Parameters may be at different steps (a task head gets no gradient in steps of other
+        # tasks), so tensors are updated in buckets of equal step count.
+        buckets: dict[int, list[torch.Tensor]] = {}
+        for p in params:
+            self.state[p]["step"] += 1
+            buckets.setdefault(self.state[p]["step"], []).append(p)
+        for step, bucket in buckets.items():
+            self._update(bucket, step, lr, beta1, beta2, eps, decay)
+
+    def _update(self, params, step, lr, beta1, beta2, eps, decay) -> None:
+        grads = [p.grad for p in params]
+        states = [self.state[p] for p in params]
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        if decay:
+            torch._foreach_mul_(params, 1 - lr * decay)  # decoupled weight decay
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)  # m = b1 m + (1 - b1) g
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)  # v = b2 v + (1-b2) g²
+        root_bias2 = math.sqrt(1 - beta2**step)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denom, eps * root_bias2)
+        torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr * root_bias2 / (1 - beta1**step))
 
 
 def no_decay(name: str) -> bool:
