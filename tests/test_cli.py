@@ -31,7 +31,7 @@ def smoke_run(tmp_path_factory, data_dir):
 def test_run_folder_holds_everything(smoke_run):
     assert (smoke_run / "config.toml").is_file()
     records = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
-    assert records and {"epoch", "train_loss", "dev", "examples", "epoch_seconds"} <= set(
+    assert records and {"epoch", "train_loss", "dev", "examples", "train_seconds"} <= set(
         records[0]
     )
     for name in ("model.safetensors", "config.toml", "encoder.json", "vocab.txt", "meta.json"):

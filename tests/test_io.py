@@ -103,3 +103,24 @@ def test_prediction_file_format(tmp_path):
     assert (tmp_path / "p.csv").read_bytes().decode() == "id,prediction\na,1\nb,0\n"
     write_predictions(tmp_path / "s.csv", ["a"], np.array([3.14159]), "score")
     assert (tmp_path / "s.csv").read_text().splitlines()[1] == "a,3.1416"
+
+
+def test_skip_mode_says_how_many_rows_and_where(tmp_path, caplog):
+    path = _write(tmp_path, SST_HEADER + "0\ta1\t good\t1\n1\ta2\t bad\t9\n2\ta3\t\t4\n")
+    with caplog.at_level("WARNING", logger="minbert"):
+        data = read_task_file(path, TASKS["sst"], "train", on_bad_row="skip")
+    assert data.ids == ["a1"]
+    assert f"{path}: skipped 2 bad row(s) at line(s) 3, 4" in caplog.text
+
+
+def test_overlong_rows_are_truncated_and_counted(tmp_path, caplog, tiny_tokenizer):
+    from minbert.data.batching import encode_task
+
+    long = " ".join(["good"] * 50)
+    path = _write(tmp_path, SST_HEADER + f"0\ta1\t {long}\t1\n1\ta2\t bad\t0\n")
+    with caplog.at_level("INFO", logger="minbert"):
+        encoded = encode_task(
+            read_task_file(path, TASKS["sst"], "train"), tiny_tokenizer, 16, False
+        )
+    assert encoded.truncated == 1 and max(encoded.lengths) == 16
+    assert "sst train: 1 of 2 rows truncated to 16 tokens" in caplog.text

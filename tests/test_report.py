@@ -94,7 +94,6 @@ def run_dir(tmp_path):
                 "dev": {**scores, "overall_mean": 0.6, "overall_leaderboard": 0.7},
                 "lr": 1e-5,
                 "train_seconds": 9.0,
-                "epoch_seconds": 10.0,
                 "elapsed_seconds": 10.0 * epoch,
                 "a_future_key": {"ignored": True},
             }

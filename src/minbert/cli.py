@@ -25,11 +25,26 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from minbert.train.trainer import Trainer
+    from minbert.train.trainer import Trainer, TrainingInterrupted
 
-    config = load_config(args.config, args.set)
-    summary = Trainer(config, args.out).run()
-    print(f"\ndev scores of the best epoch ({summary['best_epoch']}) in {args.out}:")
+    if args.resume:
+        if args.config or args.set or (args.out and Path(args.out) != Path(args.resume)):
+            raise ConfigError("--resume continues a run as it was configured: drop --config/--set")
+        out = Path(args.resume)
+        config_file = out / "config.toml"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{out}: not a run folder (no config.toml)")
+        config = load_config(config_file)
+    elif args.out:
+        out, config = Path(args.out), load_config(args.config, args.set)
+    else:
+        raise ConfigError("give --out RUN for a new run, or --resume RUN")
+    try:
+        summary = Trainer(config, out, resume=bool(args.resume)).run()
+    except TrainingInterrupted as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 128 + exc.signum
+    print(f"\ndev scores of the best epoch ({summary['best_epoch']}) in {out}:")
     print(format_metrics(summary["dev"]))
     print(f"  training wall time: {summary['train_wall_seconds']:.0f} s on {summary['device']}")
     return 0
@@ -157,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model as a config says")
     train.add_argument("--config", help="TOML config file (default: built-in defaults)")
-    train.add_argument("--out", required=True, help="run folder to create")
+    train.add_argument("--out", help="run folder to create")
+    train.add_argument(
+        "--resume", metavar="RUN", help="continue a stopped run from RUN/last/ (exactly)"
+    )
     train.add_argument(
         "--set",
         action="append",
@@ -216,9 +234,18 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(message)s",
     )
+    from minbert.train.trainer import TrainingError
+
     try:
         return args.func(args)
-    except (ConfigError, DataError, WeightsError, ReportError, FileNotFoundError) as exc:
+    except (
+        ConfigError,
+        DataError,
+        WeightsError,
+        ReportError,
+        TrainingError,
+        FileNotFoundError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -78,6 +78,52 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class GradNormConfig:
+    """GradNorm (Chen et al. 2018): task weights learned so that gradient norms follow training rates."""
+
+    alpha: float = _field(
+        1.5, "asymmetry: how strongly slower-training tasks are pulled up (0: equal norms)", min=0.0
+    )
+    lr: float = _field(0.025, "learning rate of the task weights (their own AdamW)", min=0.0)
+    layer: str = _field(
+        "",
+        "parameter-name prefix of the shared layer whose gradient norms are balanced, e.g. "
+        "'encoder.encoder.layer.5' or 'encoder.embeddings' ('': the last encoder layer)",
+    )
+
+
+@dataclass(frozen=True)
+class UncertaintyConfig:
+    """Uncertainty weighting (Kendall et al. 2018): one learned log-variance per task."""
+
+    lr: float = _field(0.01, "learning rate of the log-variances (their own AdamW)", min=0.0)
+
+
+@dataclass(frozen=True)
+class SmartConfig:
+    """SMART (Jiang et al. 2020): adversarial smoothness on the word embeddings, optionally
+    with a Bregman proximal-point term towards a momentum teacher."""
+
+    enabled: bool = _field(False, "add the SMART regulariser to every task's loss")
+    weight: float = _field(1.0, "lambda_s: weight of the smoothness term", min=0.0)
+    epsilon: float = _field(
+        1e-5, "radius of the L-inf ball the embedding perturbation stays in", min=0.0
+    )
+    step_size: float = _field(1e-3, "eta: step of each projected ascent step", min=0.0)
+    steps: int = _field(1, "projected ascent steps per batch (0: random noise only)", min=0)
+    noise_std: float = _field(1e-5, "sigma of the Gaussian the perturbation starts from", min=0.0)
+    bregman_weight: float = _field(
+        0.0, "mu: weight of the Bregman proximal-point term (0: no momentum teacher)", min=0.0
+    )
+    bregman_beta: float = _field(
+        0.99,
+        "beta: momentum of the teacher, teacher = beta teacher + (1 - beta) model",
+        min=0.0,
+        max=1.0,
+    )
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     tasks: list[str] = _field(["sst"], "tasks trained together")
     epochs: int = _field(3, "passes of the task schedule", min=1)
@@ -99,9 +145,35 @@ class TrainConfig:
         "proportional", "task mixture of round_robin and interleaved schedules"
     )
     steps_per_epoch: int = _field(0, "optimiser steps per epoch (0: one pass of the data)", min=0)
-    strategy: Literal["sum", "weighted"] = _field("sum", "how per-task losses become gradients")
+    strategy: Literal["sum", "weighted", "pcgrad", "gradnorm", "uncertainty"] = _field(
+        "sum", "how per-task losses become gradients"
+    )
     task_weights: dict[str, float] = _field({}, "per-task loss weights of the weighted strategy")
+    gradnorm: GradNormConfig = field(
+        default_factory=GradNormConfig, metadata={"doc": "settings of the gradnorm strategy"}
+    )
+    uncertainty: UncertaintyConfig = field(
+        default_factory=UncertaintyConfig, metadata={"doc": "settings of the uncertainty strategy"}
+    )
+    smart: SmartConfig = field(
+        default_factory=SmartConfig, metadata={"doc": "SMART regularisation"}
+    )
+    log_conflicts_every: int = _field(
+        0,
+        "every N steps, log the cosine and norms of the task gradients on the shared "
+        "parameters (0: off)",
+        min=0,
+    )
     max_grad_norm: float = _field(1.0, "clip the global gradient norm (0: off)", min=0.0)
+    on_nonfinite: Literal["error", "skip"] = _field(
+        "error", "a NaN/inf loss or gradient stops the run, or its step is skipped and counted"
+    )
+    checkpoint_every: int = _field(
+        200,
+        "save the resumable state (RUN/last/) every N steps and after each epoch (0: "
+        "only after each epoch)",
+        min=0,
+    )
     precision: Literal["auto", "fp32", "bf16"] = _field(
         "auto", "auto: bf16 autocast where the hardware has fast bf16, else fp32"
     )
@@ -144,6 +216,17 @@ class Config:
                 raise ConfigError(
                     f"train.task_weights.{task}: not one of train.tasks {self.train.tasks}"
                 )
+        if self.train.log_conflicts_every and len(self.train.tasks) < 2:
+            raise ConfigError("train.log_conflicts_every: needs two or more train.tasks")
+        if self.train.log_conflicts_every and self.model.mode == "frozen":
+            raise ConfigError(
+                "train.log_conflicts_every: a frozen encoder has no shared gradients to compare"
+            )
+        smart = self.train.smart
+        if smart.enabled and not (smart.weight or smart.bregman_weight):
+            raise ConfigError(
+                "train.smart.enabled: both train.smart.weight and train.smart.bregman_weight are 0"
+            )
         if len(self.train.betas) != 2 or not all(0 <= b < 1 for b in self.train.betas):
             raise ConfigError(f"train.betas: two values in [0, 1), got {self.train.betas}")
         for task, head in self.heads.items():

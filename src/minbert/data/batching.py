@@ -181,3 +181,18 @@ class TaskStream:
         rows = self.order[self.position : self.position + batch_size]
         self.position += len(rows)
         return self.data.batch(rows, self.pad_id)
+
+    def state_dict(self) -> dict:
+        """Position in the current pass and the generator, for an exact resume."""
+        return {
+            "order": self.order,
+            "position": self.position,
+            "passes": self.passes,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order = np.asarray(state["order"], dtype=np.int64)
+        self.position = int(state["position"])
+        self.passes = int(state["passes"])
+        self.rng.bit_generator.state = state["rng"]

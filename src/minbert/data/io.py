@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,4 +177,6 @@ def write_predictions(path: str | Path, ids: list[str], predictions: np.ndarray,
         writer.writerow(["id", "prediction"])
         for row_id, value in zip(ids, predictions, strict=True):
             writer.writerow([row_id, f"{float(value):.4f}" if kind == "score" else int(value)])
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)

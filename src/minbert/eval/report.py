@@ -276,6 +276,25 @@ def label_text(task: str, value: float, kind: str) -> str:
     return f"{index} ({names[index]})" if names and 0 <= index < len(names) else str(index)
 
 
+def joined_step_log(records: list[dict], key: str) -> dict:
+    """The per-step columns of ``key`` (``conflicts`` or ``task_weights``, see
+    ``minbert.train.conflicts.epoch_fields``) joined over the epochs: lists are concatenated,
+    per-epoch summaries (single numbers) are left out."""
+    joined: dict = {}
+    for record in records:
+        for name, column in record.get(key, {}).items():
+            if isinstance(column, list):
+                joined.setdefault(name, []).extend(column)
+            elif isinstance(column, dict) and all(isinstance(v, list) for v in column.values()):
+                for sub, values in column.items():
+                    joined.setdefault(name, {}).setdefault(sub, []).extend(values)
+    return joined
+
+
+def _floats(values: list) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
 # ---------------------------------------------------------------------------------------------
 # Plots: arrays in, a PNG file out.
 
@@ -394,6 +413,49 @@ def plot_scatter(
     _save(fig, path)
 
 
+def plot_conflicts(log: dict, path: Path) -> None:
+    """Cosine between task gradients per task pair, and each task's gradient norm over the
+    mean of the tasks' norms, by step (``joined_step_log(records, "conflicts")``)."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    cos_ax, ratio_ax = fig.subplots(1, 2)
+    steps = np.asarray(log["step"])
+    marker = "o" if len(steps) <= 60 else None
+    for pair, values in log.get("cosine", {}).items():
+        cos_ax.plot(steps, _floats(values), marker=marker, markersize=3, label=pair)
+    for task, values in log.get("norm_ratio", {}).items():
+        ratio_ax.plot(steps, _floats(values), marker=marker, markersize=3, label=task)
+    cos_ax.axhline(0.0, color="black", linewidth=1)
+    ratio_ax.axhline(1.0, color="black", linewidth=1)
+    for ax, title, ylabel in (
+        (cos_ax, "gradient cosine on the shared encoder (< 0: conflict)", "cosine"),
+        (ratio_ax, "gradient norm / mean norm of the tasks", "ratio"),
+    ):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def plot_task_weights(log: dict, path: Path) -> None:
+    """The weight a learned-weight strategy gave each task, by step."""
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.subplots()
+    steps = np.asarray(log["step"])
+    for task, values in log.items():
+        if task != "step":
+            weights = _floats(values)
+            present = ~np.isnan(weights)  # round_robin steps hold one task: join its points
+            ax.plot(steps[present], weights[present], label=task)
+    ax.set_title("task weights by step")
+    ax.set_xlabel("step")
+    ax.set_ylabel("weight")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    _save(fig, path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Markdown.
 
@@ -455,7 +517,7 @@ def _epoch_tables(records: list[dict], tasks: list[str]) -> list[str]:
         ["epoch"]
         + [f"{t} loss" for t in tasks]
         + [f"{t} {TASKS[t].metric}" for t in tasks]
-        + ["overall (mean)", "overall (leaderboard)", "epoch s"]
+        + ["overall (mean)", "overall (leaderboard)", "train s"]
     )
     rows = []
     for r in records:
@@ -465,7 +527,7 @@ def _epoch_tables(records: list[dict], tasks: list[str]) -> list[str]:
             + [_num(losses.get(t)) for t in tasks]
             + [_num(dev.get(k)) for k in metric_keys]
             + [_num(dev.get("overall_mean")), _num(dev.get("overall_leaderboard"))]
-            + [_num(r.get("epoch_seconds"), 1)]
+            + [_num(r.get("train_seconds"), 1)]
         )
     seen_rows = []
     for r in records:
@@ -488,6 +550,33 @@ def _epoch_tables(records: list[dict], tasks: list[str]) -> list[str]:
         "## Training examples seen per epoch",
         "",
         _md_table(["epoch", *tasks], seen_rows),
+        "",
+    ]
+
+
+def _conflict_table(records: list[dict]) -> list[str]:
+    logged = [r for r in records if "conflicts" in r]
+    pairs = list(logged[0]["conflicts"].get("conflict_rate", {}))
+    tasks = list(logged[0]["conflicts"].get("mean_norm_ratio", {}))
+    rows = []
+    for r in logged:
+        c = r["conflicts"]
+        rows.append(
+            [str(r["epoch"]), str(len(c.get("step", [])))]
+            + [
+                f"{_num(c['conflict_rate'].get(p), 2)} ({_num(c['mean_cosine'].get(p), 3)})"
+                for p in pairs
+            ]
+            + [_num(c["mean_norm_ratio"].get(t), 2) for t in tasks]
+        )
+    return [
+        "## Gradient conflicts",
+        "",
+        "Per task pair: the fraction of logged steps whose task gradients on the shared "
+        "encoder have a negative cosine, and (in brackets) the mean cosine; per task: its "
+        "gradient norm over the mean norm of the tasks, averaged over the logged steps.",
+        "",
+        _md_table(["epoch", "logged steps", *pairs, *[f"{t} norm ratio" for t in tasks]], rows),
         "",
     ]
 
@@ -639,6 +728,13 @@ def write_report(run_dir: str | Path) -> Path:
         lines += _epoch_tables(records, tasks)
         plot_curves(records, tasks, out / "curves.png", best_epoch)
         figures = [("training curves", "curves.png")]
+        if any("conflicts" in r for r in records):
+            lines += _conflict_table(records)
+            plot_conflicts(joined_step_log(records, "conflicts"), out / "conflicts.png")
+            figures.append(("gradient cosines and norm ratios by step", "conflicts.png"))
+        if any("task_weights" in r for r in records):
+            plot_task_weights(joined_step_log(records, "task_weights"), out / "task-weights.png")
+            figures.append(("task weights by step", "task-weights.png"))
     else:
         lines += ["No epoch has finished yet (metrics.jsonl is empty).", ""]
         figures: list[tuple[str, str]] = []

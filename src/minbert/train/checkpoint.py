@@ -8,7 +8,6 @@ config), ``encoder.json`` (the BERT architecture), ``vocab.txt`` and ``meta.json
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,16 +17,7 @@ from minbert.config import Config, load_config
 from minbert.model.bert import BertConfig, BertModel
 from minbert.model.multitask import MultiTaskModel
 from minbert.model.tokenizer import Tokenizer
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+from minbert.train.state import recover, swap_in
 
 
 def save_model_dir(
@@ -47,22 +37,13 @@ def save_model_dir(
     (tmp / "meta.json").write_text(
         json.dumps({**meta, "lowercase": tokenizer.lowercase, "tasks": model.tasks}, indent=2)
     )
-    for f in tmp.iterdir():
-        with f.open("rb") as handle:
-            os.fsync(handle.fileno())
-    old = out.with_name(f".{out.name}.old")
-    if out.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
+    swap_in(tmp, out)
 
 
 def find_model_dir(run_or_dir: str | Path) -> Path:
     """Accept a run folder (uses its ``best/``) or a model directory itself."""
     path = Path(run_or_dir)
+    recover(path / "best")
     for candidate in (path, path / "best"):
         if (candidate / "model.safetensors").is_file() and (candidate / "config.toml").is_file():
             return candidate
