@@ -92,3 +92,11 @@ def minilm_dir() -> Path:
     from minbert.model.loading import resolve_model_dir
 
     return resolve_model_dir("minilm-l6")
+
+
+@pytest.fixture(scope="session")
+def tiny_setup(tmp_path_factory, tiny_config, tiny_tokenizer) -> Path:
+    """Root of the tiny run (``model/`` and ``data/``); configs come from tiny_run.run_config."""
+    from tiny_run import make_tiny_run
+
+    return make_tiny_run(tmp_path_factory.mktemp("tiny"), tiny_config, tiny_tokenizer)

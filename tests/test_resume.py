@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_trainer import _config, tiny_setup  # noqa: F401  (tiny_setup is a fixture)
+from tiny_run import run_config
 
 from minbert.train import state as state_module
 from minbert.train.trainer import Trainer, TrainingError
@@ -33,7 +33,7 @@ TIMING_KEYS = {"train_seconds", "elapsed_seconds"}
 
 
 def _write_config(root: Path, path: Path, *extra: str) -> Path:
-    path.write_text(_config(root, *RUN_SETTINGS, *extra).to_toml())
+    path.write_text(run_config(root, *RUN_SETTINGS, *extra).to_toml())
     return path
 
 
@@ -73,7 +73,7 @@ def _checkpoint_step(run: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_setup, tmp_path_factory):  # noqa: F811
+def reference(tiny_setup, tmp_path_factory):
     """The uninterrupted run every stopped-and-resumed run must equal, bit for bit."""
     root = tmp_path_factory.mktemp("reference")
     config = _write_config(tiny_setup, root / "config.toml")
@@ -184,16 +184,16 @@ def _poison_loss(monkeypatch, at_step: int, task: str):
     monkeypatch.setattr(trainer_module, "task_loss", loss)
 
 
-def test_nonfinite_loss_names_step_and_task(tiny_setup, tmp_path, monkeypatch):  # noqa: F811
+def test_nonfinite_loss_names_step_and_task(tiny_setup, tmp_path, monkeypatch):
     _poison_loss(monkeypatch, at_step=5, task="quora")
-    config = _config(tiny_setup, "train.schedule=round_robin", "train.sampling=equal")
+    config = run_config(tiny_setup, "train.schedule=round_robin", "train.sampling=equal")
     with pytest.raises(TrainingError, match=r"non-finite loss of quora at step 5 \(epoch 1\)"):
         Trainer(config, tmp_path / "run").run()
 
 
-def test_nonfinite_steps_can_be_skipped_and_counted(tiny_setup, tmp_path, monkeypatch):  # noqa: F811
+def test_nonfinite_steps_can_be_skipped_and_counted(tiny_setup, tmp_path, monkeypatch):
     _poison_loss(monkeypatch, at_step=5, task="quora")
-    config = _config(
+    config = run_config(
         tiny_setup,
         "train.schedule=round_robin",
         "train.sampling=equal",
@@ -206,8 +206,8 @@ def test_nonfinite_steps_can_be_skipped_and_counted(tiny_setup, tmp_path, monkey
     assert record["examples"]["quora"] == 40  # the skipped batch was drawn all the same
 
 
-def test_nonfinite_gradient_is_caught(tiny_setup, tmp_path, monkeypatch):  # noqa: F811
-    config = _config(tiny_setup, "train.max_grad_norm=0", "train.epochs=1")
+def test_nonfinite_gradient_is_caught(tiny_setup, tmp_path, monkeypatch):
+    config = run_config(tiny_setup, "train.max_grad_norm=0", "train.epochs=1")
     trainer = Trainer(config, tmp_path / "run")
     weight = trainer.model.encoder.embeddings.word_embeddings.weight
     weight.register_hook(lambda g: g * float("inf"))
@@ -215,8 +215,8 @@ def test_nonfinite_gradient_is_caught(tiny_setup, tmp_path, monkeypatch):  # noq
         trainer.run()
 
 
-def test_nonfinite_weights_are_never_saved(tiny_setup, tmp_path):  # noqa: F811
-    config = _config(tiny_setup, "train.epochs=1")
+def test_nonfinite_weights_are_never_saved(tiny_setup, tmp_path):
+    config = run_config(tiny_setup, "train.epochs=1")
     trainer = Trainer(config, tmp_path / "run")
     trainer.save_checkpoint()
     before = (tmp_path / "run" / "last" / "state.safetensors").read_bytes()
@@ -227,18 +227,18 @@ def test_nonfinite_weights_are_never_saved(tiny_setup, tmp_path):  # noqa: F811
     assert (tmp_path / "run" / "last" / "state.safetensors").read_bytes() == before
 
 
-def test_full_disk_is_detected_before_training(tiny_setup, tmp_path, monkeypatch):  # noqa: F811
+def test_full_disk_is_detected_before_training(tiny_setup, tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 10 * 2**20))
     with pytest.raises(TrainingError, match="only 10 MiB free"):
-        Trainer(_config(tiny_setup), tmp_path / "run")
+        Trainer(run_config(tiny_setup), tmp_path / "run")
 
 
-def test_unwritable_output_folder_is_detected_before_training(tiny_setup, tmp_path):  # noqa: F811
+def test_unwritable_output_folder_is_detected_before_training(tiny_setup, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(TrainingError, match="cannot write to the output folder"):
-        Trainer(_config(tiny_setup), blocker / "run")
+        Trainer(run_config(tiny_setup), blocker / "run")

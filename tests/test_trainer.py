@@ -2,77 +2,11 @@
 
 import json
 
-import numpy as np
 import pytest
+from tiny_run import run_config
 
-from minbert.config import load_config
-from minbert.model.loading import export_pretrained
 from minbert.train import strategies
 from minbert.train.trainer import Trainer
-
-WORDS = ["the", "a", "movie", "film", "good", "bad", "is", "was", "not", "great", "dog", "cat"]
-
-
-def _sentence(rng):
-    return " ".join(rng.choice(WORDS, size=rng.integers(2, 7)))
-
-
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory, tiny_config, tiny_tokenizer):
-    import torch
-
-    from minbert.model.bert import BertModel
-
-    root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    export_pretrained(BertModel(tiny_config), tiny_tokenizer, root / "model")
-    rng = np.random.default_rng(0)
-    data = root / "data"
-    data.mkdir()
-    sizes = {"train": 40, "dev": 12, "test": 6}
-    for split, n in sizes.items():
-        labelled = split != "test"
-        sst = ["\tid\tsentence" + ("\tsentiment" if labelled else "")]
-        quora = ["\tid\tsentence1\tsentence2" + ("\tis_duplicate" if labelled else "")]
-        sts = ["\tid\tsentence1\tsentence2" + ("\tsimilarity" if labelled else "")]
-        for i in range(n):
-            sst.append(
-                f"{i}\ts{split}{i}\t {_sentence(rng)}"
-                + (f"\t{rng.integers(5)}" if labelled else "")
-            )
-            quora.append(
-                f"{i}\tq{split}{i}\t{_sentence(rng)}\t{_sentence(rng)}"
-                + (f"\t{float(rng.integers(2))}" if labelled else "")
-            )
-            sts.append(
-                f"{i}\tt{split}{i}\t{_sentence(rng)}\t{_sentence(rng)}"
-                + (f"\t{rng.uniform(0, 5):.1f}" if labelled else "")
-            )
-        suffix = "test-student" if split == "test" else split
-        (data / f"ids-sst-{suffix}.csv").write_text("\n".join(sst) + "\n")
-        (data / f"quora-{suffix}.csv").write_text("\n".join(quora) + "\n")
-        (data / f"sts-{suffix}.csv").write_text("\n".join(sts) + "\n")
-    return root
-
-
-def _config(root, *overrides):
-    return load_config(
-        None,
-        [
-            f"model.name={root / 'model'}",
-            f"data.dir={root / 'data'}",
-            "data.max_length=32",
-            "train.tasks=['sst','quora','sts']",
-            "train.batch_size=8",
-            "train.progress=false",
-            "train.precision=fp32",
-            "train.epochs=2",
-            "heads.sts.encoding=bi",
-            "heads.sts.kind=cosine",
-            "heads.sts.pooling=mean",
-            *overrides,
-        ],
-    )
 
 
 class Recording(strategies.SumStrategy):
@@ -88,7 +22,7 @@ class Recording(strategies.SumStrategy):
 def test_interleaved_step_passes_one_loss_per_task(tiny_setup, tmp_path, monkeypatch):
     Recording.calls = []
     monkeypatch.setattr("minbert.train.trainer.build_strategy", lambda *a, **k: Recording())
-    config = _config(
+    config = run_config(
         tiny_setup, "train.schedule=interleaved", "train.sampling=equal", "train.steps_per_epoch=3"
     )
     Trainer(config, tmp_path / "run").run()
@@ -104,7 +38,7 @@ def test_interleaved_step_passes_one_loss_per_task(tiny_setup, tmp_path, monkeyp
     ],
 )
 def test_examples_seen_per_epoch_are_logged(tiny_setup, tmp_path, schedule, expected):
-    config = _config(tiny_setup, f"train.schedule={schedule}", "train.sampling=equal")
+    config = run_config(tiny_setup, f"train.schedule={schedule}", "train.sampling=equal")
     summary = Trainer(config, tmp_path / "run").run()
     records = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -121,7 +55,7 @@ def test_examples_seen_per_epoch_are_logged(tiny_setup, tmp_path, schedule, expe
 
 
 def test_frozen_mode_only_trains_heads(tiny_setup, tmp_path):
-    config = _config(tiny_setup, "model.mode=frozen", "train.tasks=['sst']", "train.epochs=1")
+    config = run_config(tiny_setup, "model.mode=frozen", "train.tasks=['sst']", "train.epochs=1")
     trainer = Trainer(config, tmp_path / "run")
     before = {k: v.clone() for k, v in trainer.model.encoder.state_dict().items()}
     head_before = trainer.model.heads["sst"].classifier[-1].weight.clone()
@@ -132,7 +66,7 @@ def test_frozen_mode_only_trains_heads(tiny_setup, tmp_path):
 
 
 def test_max_steps_and_predictions(tiny_setup, tmp_path):
-    config = _config(tiny_setup, "train.max_steps=3", "train.schedule=interleaved")
+    config = run_config(tiny_setup, "train.max_steps=3", "train.schedule=interleaved")
     Trainer(config, tmp_path / "run").run()
     records = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -152,7 +86,7 @@ def test_max_steps_and_predictions(tiny_setup, tmp_path):
 
 
 def test_same_seed_same_result(tiny_setup, tmp_path):
-    config = _config(tiny_setup, "train.max_steps=4", "train.schedule=round_robin")
+    config = run_config(tiny_setup, "train.max_steps=4", "train.schedule=round_robin")
     a = Trainer(config, tmp_path / "a").run()["dev"]
     b = Trainer(config, tmp_path / "b").run()["dev"]
     assert a == b

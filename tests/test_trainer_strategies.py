@@ -10,7 +10,7 @@ import signal
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_trainer import _config, tiny_setup  # noqa: F401  (tiny_setup is a fixture)
+from tiny_run import run_config
 
 from minbert.config import ConfigError, load_config
 from minbert.eval.report import joined_step_log
@@ -36,8 +36,8 @@ def _records(run) -> list[dict]:
         ("sum", ["train.smart.enabled=true", "train.smart.bregman_weight=1.0"]),
     ],
 )
-def test_strategy_trains_end_to_end(tiny_setup, tmp_path, strategy, extra):  # noqa: F811
-    config = _config(
+def test_strategy_trains_end_to_end(tiny_setup, tmp_path, strategy, extra):
+    config = run_config(
         tiny_setup,
         *SHORT,
         f"train.strategy={strategy}",
@@ -71,8 +71,8 @@ def test_strategy_trains_end_to_end(tiny_setup, tmp_path, strategy, extra):  # n
         assert "task_weights" not in records[0]
 
 
-def test_round_robin_gradnorm_logs_one_weight_per_step(tiny_setup, tmp_path):  # noqa: F811
-    config = _config(
+def test_round_robin_gradnorm_logs_one_weight_per_step(tiny_setup, tmp_path):
+    config = run_config(
         tiny_setup,
         *SHORT,
         "train.strategy=gradnorm",
@@ -86,12 +86,12 @@ def test_round_robin_gradnorm_logs_one_weight_per_step(tiny_setup, tmp_path):  #
         assert len(present) == 1  # the task of that step
 
 
-def test_conflict_logging_does_not_change_the_run(tiny_setup, tmp_path):  # noqa: F811
+def test_conflict_logging_does_not_change_the_run(tiny_setup, tmp_path):
     # round_robin: every logged step measures the two absent tasks on probe batches
     base = [*SHORT, "train.schedule=round_robin", "train.sampling=equal", "heads.quora.swap=true"]
     heads = ["heads.quora.encoding=bi"]
-    plain = Trainer(_config(tiny_setup, *base, *heads), tmp_path / "plain").run()
-    logged_config = _config(tiny_setup, *base, *heads, "train.log_conflicts_every=1")
+    plain = Trainer(run_config(tiny_setup, *base, *heads), tmp_path / "plain").run()
+    logged_config = run_config(tiny_setup, *base, *heads, "train.log_conflicts_every=1")
     logged = Trainer(logged_config, tmp_path / "logged").run()
     assert plain["dev"] == logged["dev"]
     a = load_file(tmp_path / "plain" / "best" / "model.safetensors")
@@ -102,7 +102,7 @@ def test_conflict_logging_does_not_change_the_run(tiny_setup, tmp_path):  # noqa
     assert all(None not in values for values in conflicts["cosine"].values())
 
 
-def test_strategy_and_smart_state_resume_exactly(tiny_setup, tmp_path):  # noqa: F811
+def test_strategy_and_smart_state_resume_exactly(tiny_setup, tmp_path):
     settings = [
         *SHORT,
         "train.strategy=gradnorm",
@@ -113,7 +113,7 @@ def test_strategy_and_smart_state_resume_exactly(tiny_setup, tmp_path):  # noqa:
         "train.smart.bregman_weight=0.5",
         "train.checkpoint_every=1",
     ]
-    config = _config(tiny_setup, *settings)
+    config = run_config(tiny_setup, *settings)
     Trainer(config, tmp_path / "whole").run()
 
     stopped = Trainer(config, tmp_path / "resumed")
