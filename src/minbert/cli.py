@@ -165,6 +165,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from minbert.bench.systems import BenchError
+    from minbert.bench.throughput import options_from_args, run
+
+    try:
+        _, report = run(options_from_args(args))
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minbert", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -225,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", help="markdown table of the dev scores of finished runs")
     cp.add_argument("runs", nargs="+", help="run folders")
     cp.set_defaults(func=cmd_compare)
+
+    from minbert.bench.throughput import add_arguments as add_bench_arguments
+
+    be = sub.add_parser(
+        "bench", help="throughput of minbert against transformers (docs/PERFORMANCE.md)"
+    )
+    add_bench_arguments(be)
+    be.set_defaults(func=cmd_bench)
     return parser
 
 
