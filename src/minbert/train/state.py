@@ -4,6 +4,9 @@ Nested state (optimiser, LR schedule, gradient strategy, data streams, RNGs) is 
 JSON tree and a flat dict of tensors: every tensor in the tree becomes ``{"__tensor__": key}``
 and goes to ``state.safetensors``. Dicts with non-string keys (an optimiser's per-parameter
 state is keyed by int) and tuples are tagged so they come back as they were.
+
+The atomic-write helpers every checkpoint and results file goes through live here too:
+``write_atomic`` for one file, ``swap_in`` / ``recover`` for a folder (``last/``, ``best/``).
 """
 
 from __future__ import annotations
