@@ -45,13 +45,7 @@ class AdamW(Optimizer):
         return loss
 
     def _update_group(self, group: dict, params: list[torch.Tensor]) -> None:
-        """One update of a group's parameters with multi-tensor (``_foreach``) kernels.
-
-        The step is memory-bound (four float tensors the size of the model per update), so it
-        runs over all tensors of the group at once, and the bias corrections are folded into
-        the step size to save a pass: ``m / (sqrt(v / c2) + eps) = sqrt(c2) * m / (sqrt(v) +
-        eps * sqrt(c2))``. Equal to the textbook form up to rounding.
-        """
+        """One update of the group's parameters that have a gradient this step."""
         lr, (beta1, beta2), eps, decay = (
             group["lr"],
             group["betas"],
@@ -77,6 +71,13 @@ class AdamW(Optimizer):
             self._update(bucket, step, lr, beta1, beta2, eps, decay)
 
     def _update(self, params, step, lr, beta1, beta2, eps, decay) -> None:
+        """Tensors at the same ``step``, with multi-tensor (``_foreach``) kernels.
+
+        The update is memory-bound (four float tensors the size of the model), so it runs over
+        all tensors at once, and the bias corrections are folded into the step size to save a
+        pass: ``m / (sqrt(v / c2) + eps) = sqrt(c2) * m / (sqrt(v) + eps * sqrt(c2))``. Equal
+        to the textbook form up to rounding.
+        """
         grads = [p.grad for p in params]
         states = [self.state[p] for p in params]
         exp_avgs = [s["exp_avg"] for s in states]
