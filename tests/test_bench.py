@@ -25,7 +25,7 @@ from minbert.bench.systems import (
     max_output_difference,
     minbert_attention_like,
 )
-from minbert.bench.throughput import headline_ratios, options_from_args
+from minbert.bench.throughput import ABLATIONS, headline_ratios, options_from_args
 from minbert.cli import build_parser, main
 from minbert.data.batching import Batch, Segment
 
@@ -184,12 +184,19 @@ def test_quick_benchmark_end_to_end_on_the_tiny_model(
             assert train["peak_fraction"]["median"] > 0
             assert setup["infer"][system]["sentences_per_s"]["median"] > 0
     assert "fixed" in results["setups"]["best"] and "fixed" not in results["setups"]["default"]
-    assert set(results["ablation"]["train"]) == {
-        "best",
-        "manual attention",
-        "fp32",
-        "random batches",
-    }
+    assert (
+        set(results["ablation"]["train"])
+        == set(ABLATIONS)
+        >= {
+            "best",
+            "manual attention",
+            "fp32",
+            "random batches",
+            "torch's dropout mask",
+            "separate Q, K, V matmuls",
+            "all tokens in the last layer",
+        }
+    )
     assert {r["length"] for r in results["sweep"]["rows"]} == {8, 16}
     assert (tmp_path / "sweep.png").stat().st_size > 0
     report = capsys.readouterr().out

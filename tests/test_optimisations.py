@@ -1,7 +1,8 @@
 """Each speed optimisation leaves the outputs of the plain path unchanged, within the tolerance
 of the dtype it computes in: length-grouped and length-sorted batches, evaluation under
-``torch.inference_mode``, bf16 autocast (alone and with sdpa attention). The sdpa and manual
-attention paths are compared in tests/test_bert.py.
+``torch.inference_mode``, bf16 autocast (alone and with sdpa attention), the cheaper dropout
+mask, Q/K/V in one matmul, and the [CLS]-only last layer of cls/pooler heads. The sdpa and
+manual attention paths are compared in tests/test_bert.py.
 """
 
 import numpy as np
@@ -10,10 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from minbert.config import config_from_dict
-from minbert.data.batching import EncodedTask, encode_task, grouped_order
+from minbert.data.batching import EncodedTask, Segment, encode_task, grouped_order
 from minbert.data.io import TaskData
 from minbert.eval.evaluate import predict
+from minbert.model.dropout import dropout, keep_mask
+from minbert.model.heads import encode
 from minbert.model.multitask import MultiTaskModel
+from minbert.train.device import keep_freed_memory
 
 # bf16 keeps 8 significant bits (a relative rounding of 2^-8 = 0.4% per operation); through
 # MiniLM's 6 layers that compounds to ~0.6% of the hidden states' norm, so 2% leaves margin
@@ -132,3 +136,100 @@ def test_bf16_autocast_training_gradients_match_fp32_on_minilm(minilm):
     model.zero_grad(set_to_none=True)
     assert abs(losses[1] - losses[0]) / losses[0] < BF16_RELATIVE
     assert F.cosine_similarity(grads[0], grads[1], dim=0).item() > 0.99
+
+
+# -- the CPU training shortcuts: dropout mask, stacked projections, [CLS]-only last layer ---------
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_fast_dropout_mask_keeps_each_element_with_probability_one_minus_p(p):
+    torch.manual_seed(0)
+    keep = keep_mask(torch.Size([1000, 1000]), p, torch.device("cpu")).float()
+    # Each of the four 16-bit chunks of a 64-bit draw must be uniform (the sign bit included):
+    # check the rate at every position modulo 4, to 5 standard deviations.
+    tolerance = 5 * (p * (1 - p) / (keep.numel() / 4)) ** 0.5
+    for offset in range(4):
+        assert abs(keep.view(-1)[offset::4].mean().item() - (1 - p)) < tolerance
+    # Neighbouring elements are independent: P(both kept) = (1 - p)^2.
+    both = (keep.view(-1)[:-1] * keep.view(-1)[1:]).mean().item()
+    assert abs(both - (1 - p) ** 2) < 5 * ((1 - p) ** 2 / keep.numel()) ** 0.5 * 2
+
+
+def test_fast_dropout_scales_kept_values_and_its_gradient_is_the_mask():
+    x = torch.randn(64, 48, requires_grad=True)
+    torch.manual_seed(1)
+    y = dropout(x, 0.2, training=True)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / 0.8)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.8)
+    torch.manual_seed(1)
+    torch.testing.assert_close(dropout(x, 0.2, training=True), y)  # seeded like nn.Dropout
+    assert dropout(x, 0.2, training=False) is x
+    assert dropout(x.bfloat16(), 0.2, training=True).dtype == torch.bfloat16
+    assert (dropout(x, 1.0, training=True) == 0).all()
+
+
+def test_stacked_projections_equal_separate_ones(tiny_model, tiny_config):
+    from minbert.model.bert import BertSelfAttention
+
+    ids = torch.randint(5, tiny_config.vocab_size, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    stacked = tiny_model(ids, mask).last_hidden_state
+    for module in tiny_model.modules():
+        if isinstance(module, BertSelfAttention):
+            module.stack_projections = False
+    separate = tiny_model(ids, mask).last_hidden_state
+    torch.testing.assert_close(stacked, separate, atol=FP32_ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "manual"])
+def test_first_token_only_gives_the_full_pass_cls_state_and_gradients(
+    tiny_model, tiny_config, impl
+):
+    tiny_model.set_attention(impl)
+    ids = torch.randint(5, tiny_config.vocab_size, (4, 11))
+    mask = torch.ones_like(ids)
+    mask[2, 4:] = 0
+    types = torch.randint(0, 2, ids.shape)
+    results = []
+    for first_only in (False, True):
+        tiny_model.zero_grad()
+        out = tiny_model(ids, mask, types, first_token_only=first_only)
+        (out.last_hidden_state[:, 0].sum() + out.pooler_output.sum()).backward()
+        grads = [p.grad.clone() for p in tiny_model.parameters() if p.grad is not None]
+        results.append((out.last_hidden_state[:, 0], out.pooler_output, grads))
+    (full_cls, full_pooled, full_grads), (cls, pooled, grads) = results
+    assert len(grads) == len(full_grads)
+    torch.testing.assert_close(cls, full_cls, atol=FP32_ATOL, rtol=1e-5)
+    torch.testing.assert_close(pooled, full_pooled, atol=FP32_ATOL, rtol=1e-5)
+    for got, want in zip(grads, full_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=FP32_ATOL, rtol=1e-4)
+
+
+def test_cls_and_pooler_heads_ask_for_the_first_token_alone(tiny_model, tiny_config):
+    seen = []
+    real_forward = tiny_model.forward
+
+    def spy(*args, first_token_only=False):
+        seen.append(first_token_only)
+        return real_forward(*args, first_token_only=first_token_only)
+
+    tiny_model.forward = spy
+    ids = torch.randint(5, tiny_config.vocab_size, (2, 6))
+    segment = Segment(ids, torch.ones_like(ids), torch.zeros_like(ids))
+    for how in ("cls", "pooler", "mean", "max", "mean+max"):
+        encode(tiny_model, segment, how)
+    assert seen == [True, True, False, False, False]
+    tiny_model.first_token_shortcut = False
+    encode(tiny_model, segment, "cls")
+    assert seen[-1] is False
+
+
+def test_the_allocator_setting_takes_on_glibc():
+    import platform
+
+    assert keep_freed_memory() == (
+        platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    )

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from minbert.bench.measure import (
     FLOP_FORMULA,
@@ -63,6 +64,8 @@ from minbert.bench.systems import (
     train_run,
     training_batches,
 )
+from minbert.model.bert import BertSelfAttention
+from minbert.model.dropout import Dropout
 from minbert.model.loading import load_pretrained
 from minbert.train.device import fast_bf16, resolve_device
 
@@ -90,13 +93,41 @@ SETUPS = {
     "best": Setup("best", peer_attention="sdpa", bf16=True, group_lengths=True),
 }
 
-# minbert alone, the best setup with one optimisation off at a time: (attention, bf16, grouping).
+
+@dataclass(frozen=True)
+class Variant:
+    """minbert's settings in one ablation run: the best setup has every field at its default."""
+
+    attention: str = "sdpa"
+    bf16: bool = True
+    grouped: bool = True
+    fast_dropout: bool = True  # model/dropout.py
+    stacked_projections: bool = True  # one matmul for Q, K and V
+    first_token_only: bool = True  # cls/pooler heads: the last layer computes [CLS] alone
+
+
+# minbert alone, the best setup with one optimisation off at a time.
 ABLATIONS = {
-    "best": ("sdpa", True, True),
-    "manual attention": ("manual", True, True),
-    "fp32": ("sdpa", False, True),
-    "random batches": ("sdpa", True, False),
+    "best": Variant(),
+    "manual attention": Variant(attention="manual"),
+    "fp32": Variant(bf16=False),
+    "random batches": Variant(grouped=False),
+    "torch's dropout mask": Variant(fast_dropout=False),
+    "separate Q, K, V matmuls": Variant(stacked_projections=False),
+    "all tokens in the last layer": Variant(first_token_only=False),
 }
+
+
+def apply_variant(model: nn.Module, variant: Variant) -> None:
+    """Switch minbert's optimisations on or off in place, as ``variant`` says."""
+    encoder = model.encoder
+    encoder.set_attention(variant.attention)
+    encoder.first_token_shortcut = variant.first_token_only
+    for module in model.modules():
+        if isinstance(module, Dropout):
+            module.fast_mask = variant.fast_dropout
+        if isinstance(module, BertSelfAttention):
+            module.stack_projections = variant.stacked_projections
 
 
 @dataclass(frozen=True)
@@ -123,6 +154,7 @@ class BenchOptions:
     compare: bool = True  # the minbert / transformers comparison (off: only the sweep)
     ablate: bool = False
     sweep_png: str = ""  # where the sweep's plot goes ("": no sweep)
+    plain_allocator: bool = False  # glibc's malloc defaults (minbert's CLI tunes it: device.py)
     sweep_setup: str = "best"
     sweep_lengths: tuple[int, ...] = (32, 64, 128, 256, 512)
     sweep_batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
@@ -435,9 +467,9 @@ def run_ablation(
     ):
 
         def variant(name: str, limit: int | None = None, runner=runner, batches=batches) -> None:
-            attention, bf16, grouped = ABLATIONS[name]
-            minbert.model.encoder.set_attention(attention)
-            runner(minbert, batches[grouped][:limit], device, bf16)
+            chosen = ABLATIONS[name]
+            apply_variant(minbert.model, chosen)
+            runner(minbert, batches[chosen.grouped][:limit], device, chosen.bf16)
 
         for name in ABLATIONS:
             variant(name, warmup)
@@ -446,7 +478,8 @@ def run_ablation(
         )
         amount = {g: getattr(count_work(batches[g], shape), unit) for g in (True, False)}
         speed = {
-            name: [amount[ABLATIONS[name][2]] / r.seconds for r in rs] for name, rs in runs.items()
+            name: [amount[ABLATIONS[name].grouped] / r.seconds for r in rs]
+            for name, rs in runs.items()
         }
         out[phase] = {
             name: {
@@ -816,6 +849,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     add("--seed", type=int, help=f"default: {defaults.seed}")
     add("--ablate", action="store_true", help="also time minbert with each optimisation off")
+    add(
+        "--plain-allocator",
+        action="store_true",
+        default=None,
+        help="leave glibc's malloc at its defaults (for both systems: they share the process)",
+    )
     add("--sweep", dest="sweep_png", metavar="PNG", help="also sweep length x batch; plot here")
     add("--sweep-only", action="store_true", help="only the sweep, no comparison")
     add("--sweep-setup", choices=sorted(SETUPS), help=f"default: {defaults.sweep_setup}")

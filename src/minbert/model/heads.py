@@ -14,6 +14,7 @@ from minbert.config import HeadConfig
 from minbert.data.batching import Batch, Segment
 from minbert.data.tasks import TaskSpec
 from minbert.model.bert import BertModel
+from minbert.model.dropout import Dropout
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -47,17 +48,19 @@ def classifier(in_dim: int, out_dim: int, head: HeadConfig) -> nn.Sequential:
     if head.kind == "mlp":
         for size in head.hidden:
             layers += [
-                nn.Dropout(head.dropout),
+                Dropout(head.dropout),
                 nn.Linear(width, size),
                 _ACTIVATIONS[head.activation](),
             ]
             width = size
-    layers += [nn.Dropout(head.dropout), nn.Linear(width, out_dim)]
+    layers += [Dropout(head.dropout), nn.Linear(width, out_dim)]
     return nn.Sequential(*layers)
 
 
 def encode(encoder: BertModel, segment: Segment, how: str) -> Tensor:
-    out = encoder(*segment.as_tuple())
+    # cls and pooler read the [CLS] state alone: the encoder's last layer can skip the rest.
+    first_only = encoder.first_token_shortcut and how in ("cls", "pooler")
+    out = encoder(*segment.as_tuple(), first_token_only=first_only)
     return pool(out.last_hidden_state, segment.attention_mask, out.pooler_output, how)
 
 

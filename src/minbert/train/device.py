@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import platform
 
 import torch
 
@@ -32,3 +35,30 @@ def autocast(device: torch.device, bf16: bool):
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of returning it to the system.
+
+    By default every block over 128 KiB-32 MiB (activations, gradients, the optimiser's
+    temporaries) is mapped fresh and unmapped on free, so each training step pays page faults
+    to zero-fill tens of MiB again: measured here, an optimiser step took 67 ms instead of 43,
+    and a training step ~20% longer (docs/PERFORMANCE.md). With large blocks served from the
+    heap and its top kept, peak RSS stays what the work needs. Returns False where the C
+    library is not glibc (nothing is changed there).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    return all(
+        libc.mallopt(option, value)
+        for option, value in (
+            (_M_MMAP_THRESHOLD, 1 << 30),
+            (_M_TRIM_THRESHOLD, 1 << 30),
+            (_M_TOP_PAD, 64 << 20),
+        )
+    )
