@@ -39,6 +39,13 @@ def test_flop_formulas_by_hand():
     assert training_flops(shape, 3, 5) == 6 * 100 * 15 + 12 * 2 * 8 * 3 * 25 == 23_400
     # 2 N B T + 4 L H B T^2
     assert inference_flops(shape, 3, 5) == 2 * 100 * 15 + 4 * 2 * 8 * 3 * 25 == 7_800
+    # [CLS]-only last layer (keys and values: 2 * (8^2 + 8) = 144 of each layer's 500)
+    wide = ModelShape(layer_params=1000, num_layers=2, hidden_size=8)
+    full_layer = 2 * 500 * 15 + 4 * 8 * 3 * 25  # 17,400
+    # keys and values for 15 tokens, the other 356 parameters for 3 rows, 1 query x 5 keys
+    last = 2 * 144 * 15 + 2 * 356 * 3 + 4 * 8 * 3 * 5  # 4,320 + 2,136 + 480
+    assert inference_flops(wide, 3, 5, first_token_only=True) == full_layer + last == 24_336
+    assert training_flops(wide, 3, 5, first_token_only=True) == 3 * 24_336
 
 
 def test_model_shape_counts_the_transformer_layers_only(tiny_model, tiny_config):

@@ -6,11 +6,7 @@ arithmetic is tested on its own (tests/test_bench.py).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import re
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -20,8 +16,8 @@ from pathlib import Path
 import torch
 
 from minbert.model.bert import BertModel
+from minbert.train.device import MIB, c_library, process_peak_rss_mib
 
-MIB = 2**20
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -31,7 +27,10 @@ FLOP_FORMULA = (
     "(embeddings, pooler and heads excluded: they act on one row or one token per sequence), "
     "H = hidden size. 6*N*B*T is 2 FLOPs per weight per token forward and 4 backward; "
     "4*L*H*B*T^2 is Q K^T and the attention-weighted sum of V forward, tripled for training. "
-    "Counted on padded tokens: the work the hardware does."
+    "Counted on padded tokens: the work the hardware does. minbert's heads in the benchmark "
+    "read [CLS] alone, so its last layer computes keys and values for all T tokens and the "
+    "rest of the layer for one token; its FLOPs are counted so (the work it does), the "
+    "peer's in full."
 )
 
 
@@ -55,20 +54,32 @@ class ModelShape:
         )
 
 
-def training_flops(shape: ModelShape, batch: int, length: int) -> float:
-    """FLOPs of one forward + backward over ``batch`` sequences of ``length`` tokens."""
-    tokens = batch * length
-    weights = 6 * shape.layer_params * tokens
-    attention = 12 * shape.num_layers * shape.hidden_size * batch * length**2
-    return float(weights + attention)
+def training_flops(
+    shape: ModelShape, batch: int, length: int, first_token_only: bool = False
+) -> float:
+    """FLOPs of one forward + backward over ``batch`` sequences of ``length`` tokens: three
+    times the forward's (the backward computes two products per product of the forward)."""
+    return 3 * inference_flops(shape, batch, length, first_token_only)
 
 
-def inference_flops(shape: ModelShape, batch: int, length: int) -> float:
-    """FLOPs of one forward over ``batch`` sequences of ``length`` tokens."""
-    tokens = batch * length
-    weights = 2 * shape.layer_params * tokens
-    attention = 4 * shape.num_layers * shape.hidden_size * batch * length**2
-    return float(weights + attention)
+def inference_flops(
+    shape: ModelShape, batch: int, length: int, first_token_only: bool = False
+) -> float:
+    """FLOPs of one forward over ``batch`` sequences of ``length`` tokens.
+
+    ``first_token_only``: the last layer computes keys and values for every token but
+    queries, attention output and feed-forward for the first token alone (BertModel's
+    ``first_token_only``), so it is counted that way: the work minbert does.
+    """
+    per_layer = shape.layer_params / shape.num_layers
+    layer_tokens = 2 * per_layer * batch * length
+    layer_attention = 4 * shape.hidden_size * batch * length**2
+    if not first_token_only:
+        return float(shape.num_layers * (layer_tokens + layer_attention))
+    key_value = 2 * (shape.hidden_size**2 + shape.hidden_size)  # their weights and biases
+    last = 2 * key_value * batch * length + 2 * (per_layer - key_value) * batch
+    last += 4 * shape.hidden_size * batch * length  # one query row against T keys
+    return float((shape.num_layers - 1) * (layer_tokens + layer_attention) + last)
 
 
 # -- time and the device's peak ------------------------------------------------------------------
@@ -113,27 +124,13 @@ def _status_kib(field: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def process_peak_rss_mib() -> float:
-    """The whole process's peak resident memory so far (``ru_maxrss`` is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-
-
 def return_free_memory_to_os() -> None:
     """Give memory freed by earlier runs back to the OS (glibc's ``malloc_trim``).
 
     Without it, a run's RSS growth measures how much the allocator still had cached from
     the other system's run, not what this run needed.
     """
-    libc = _libc()
+    libc = c_library()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
 

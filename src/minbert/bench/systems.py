@@ -253,7 +253,9 @@ class Work:
     infer_flops: float
 
 
-def count_work(batches: list[TaskBatch], shape: ModelShape) -> Work:
+def count_work(batches: list[TaskBatch], shape: ModelShape, first_token_only: bool = False) -> Work:
+    """The work of ``batches``; ``first_token_only`` counts FLOPs as minbert computes them for
+    heads that read [CLS] alone (see ``inference_flops``)."""
     examples = sentences = real = padded = 0
     train = infer = 0.0
     for task, batch in batches:
@@ -263,8 +265,8 @@ def count_work(batches: list[TaskBatch], shape: ModelShape) -> Work:
             rows, length = segment.input_ids.shape
             real += int(segment.attention_mask.sum())
             padded += rows * length
-            train += training_flops(shape, rows, length)
-            infer += inference_flops(shape, rows, length)
+            train += training_flops(shape, rows, length, first_token_only)
+            infer += inference_flops(shape, rows, length, first_token_only)
     return Work(len(batches), examples, sentences, real, padded, train, infer)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import platform
+import resource
 
 import torch
 
@@ -37,6 +39,23 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+MIB = 2**20
+
+
+def process_peak_rss_mib() -> float:
+    """The whole process's peak resident memory so far (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB
+
+
+@functools.cache
+def c_library() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
@@ -51,9 +70,9 @@ def keep_freed_memory() -> bool:
     heap and its top kept, peak RSS stays what the work needs. Returns False where the C
     library is not glibc (nothing is changed there).
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = c_library()
+    if libc is None or platform.libc_ver()[0] != "glibc":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
     return all(
         libc.mallopt(option, value)
         for option, value in (

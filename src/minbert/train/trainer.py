@@ -35,7 +35,7 @@ from minbert.train.conflicts import (
     log_weights,
     probe_batch,
 )
-from minbert.train.device import autocast, resolve_device, use_bf16
+from minbert.train.device import MIB, autocast, process_peak_rss_mib, resolve_device, use_bf16
 from minbert.train.gradients import flat_gradient
 from minbert.train.losses import task_loss
 from minbert.train.optim import AdamW, parameter_groups, warmup_schedule
@@ -418,6 +418,13 @@ class Trainer:
         bar.close()
         self._end_epoch(epoch, plan)
 
+    def _peak_memory(self) -> dict[str, float]:
+        """Peak memory so far: the process's resident set, and on CUDA the allocator's peak."""
+        peak = {"peak_rss_mib": round(process_peak_rss_mib())}
+        if self.device.type == "cuda":
+            peak["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / MIB)
+        return peak
+
     def _end_epoch(self, epoch: int, plan: list[dict[str, int]]) -> None:
         cfg = self.config.train
         st = self.state
@@ -437,6 +444,7 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "train_seconds": round(st.epoch_train_seconds, 2),
             "elapsed_seconds": round(st.elapsed_seconds, 2),
+            **self._peak_memory(),
             **epoch_fields(st.step_log),
         }
         records = [*self._metrics(), record]
