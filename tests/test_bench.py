@@ -46,6 +46,8 @@ def test_flop_formulas_by_hand():
     last = 2 * 144 * 15 + 2 * 356 * 3 + 4 * 8 * 3 * 5  # 4,320 + 2,136 + 480
     assert inference_flops(wide, 3, 5, first_token_only=True) == full_layer + last == 24_336
     assert training_flops(wide, 3, 5, first_token_only=True) == 3 * 24_336
+    # packed: per-token work on 11 real tokens of the 15; attention still padded
+    assert inference_flops(wide, 3, 5, tokens=11) == 2 * (2 * 500 * 11 + 4 * 8 * 3 * 25)
 
 
 def test_model_shape_counts_the_transformer_layers_only(tiny_model, tiny_config):

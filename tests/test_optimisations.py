@@ -1,7 +1,8 @@
 """Each speed optimisation leaves the outputs of the plain path unchanged, within the tolerance
 of the dtype it computes in: length-grouped and length-sorted batches, evaluation under
 ``torch.inference_mode``, bf16 autocast (alone and with sdpa attention), the cheaper dropout
-mask, Q/K/V in one matmul, and the [CLS]-only last layer of cls/pooler heads. The sdpa and
+mask, Q/K/V in one matmul, the [CLS]-only last layer of cls/pooler heads, and packed
+(unpadded) batches. The sdpa and
 manual attention paths are compared in tests/test_bert.py.
 """
 
@@ -14,6 +15,7 @@ from minbert.config import config_from_dict
 from minbert.data.batching import EncodedTask, Segment, encode_task, grouped_order
 from minbert.data.io import TaskData
 from minbert.eval.evaluate import predict
+from minbert.model.bert import Packing
 from minbert.model.dropout import dropout, keep_mask
 from minbert.model.heads import encode
 from minbert.model.multitask import MultiTaskModel
@@ -233,3 +235,44 @@ def test_the_allocator_setting_takes_on_glibc():
     assert keep_freed_memory() == (
         platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     )
+
+
+def test_packing_round_trips_the_real_tokens():
+    keep = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    packing = Packing.of(keep)
+    states = torch.randn(3, 4, 5)
+    packed = packing.pack(states)
+    assert packed.shape == (8, 5)
+    torch.testing.assert_close(packed, states[keep])
+    padded = packing.pad(packed)
+    torch.testing.assert_close(padded[keep], states[keep])
+    assert (padded[~keep] == 0).all()
+    torch.testing.assert_close(packing.first(packed), states[:, :1])
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "manual"])
+@pytest.mark.parametrize("first_only", [False, True])
+def test_packed_batches_give_the_padded_pass_outputs_and_gradients(
+    tiny_model, tiny_config, impl, first_only
+):
+    tiny_model.set_attention(impl)
+    ids = torch.randint(5, tiny_config.vocab_size, (4, 10))
+    mask = torch.ones_like(ids)
+    mask[0, 3:] = 0
+    mask[2, 7:] = 0
+    types = torch.randint(0, 2, ids.shape)
+    results = []
+    for packed in (False, True):
+        tiny_model.pack_tokens = packed
+        tiny_model.zero_grad()
+        out = tiny_model(ids, mask, types, first_token_only=first_only)
+        states = out.last_hidden_state if first_only else out.last_hidden_state[mask.bool()]
+        (states.square().sum() + out.pooler_output.sum()).backward()
+        grads = [p.grad.clone() for p in tiny_model.parameters() if p.grad is not None]
+        results.append((states, out.pooler_output, grads))
+    (want, want_pooled, want_grads), (got, got_pooled, got_grads) = results
+    torch.testing.assert_close(got, want, atol=FP32_ATOL, rtol=1e-5)
+    torch.testing.assert_close(got_pooled, want_pooled, atol=FP32_ATOL, rtol=1e-5)
+    assert len(got_grads) == len(want_grads)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, atol=FP32_ATOL, rtol=1e-4)

@@ -180,6 +180,11 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = _field("auto", "auto: cuda when available")
     threads: int = _field(0, "CPU threads for torch (0: torch's default)", min=0)
     length_grouping: bool = _field(True, "batch similar lengths together (less padding)")
+    compile_optimizer: bool = _field(
+        True,
+        "on the CPU, fuse each AdamW update into one torch.compile'd kernel (compiled once "
+        "per process, seconds; falls back to the eager update if compiling fails)",
+    )
     progress: bool = _field(True, "show progress bars")
 
 

@@ -27,10 +27,10 @@ FLOP_FORMULA = (
     "(embeddings, pooler and heads excluded: they act on one row or one token per sequence), "
     "H = hidden size. 6*N*B*T is 2 FLOPs per weight per token forward and 4 backward; "
     "4*L*H*B*T^2 is Q K^T and the attention-weighted sum of V forward, tripled for training. "
-    "Counted on padded tokens: the work the hardware does. minbert's heads in the benchmark "
-    "read [CLS] alone, so its last layer computes keys and values for all T tokens and the "
-    "rest of the layer for one token; its FLOPs are counted so (the work it does), the "
-    "peer's in full."
+    "Counted as each system computes: the peer on padded tokens; minbert runs the per-token "
+    "work of a padded batch on its real tokens alone, and for heads that read [CLS] alone "
+    "(all of them in the benchmark) its last layer computes keys and values for every token "
+    "and the rest for [CLS], so its count is that work. Attention is counted padded for both."
 )
 
 
@@ -55,29 +55,40 @@ class ModelShape:
 
 
 def training_flops(
-    shape: ModelShape, batch: int, length: int, first_token_only: bool = False
+    shape: ModelShape,
+    batch: int,
+    length: int,
+    first_token_only: bool = False,
+    tokens: int | None = None,
 ) -> float:
     """FLOPs of one forward + backward over ``batch`` sequences of ``length`` tokens: three
     times the forward's (the backward computes two products per product of the forward)."""
-    return 3 * inference_flops(shape, batch, length, first_token_only)
+    return 3 * inference_flops(shape, batch, length, first_token_only, tokens)
 
 
 def inference_flops(
-    shape: ModelShape, batch: int, length: int, first_token_only: bool = False
+    shape: ModelShape,
+    batch: int,
+    length: int,
+    first_token_only: bool = False,
+    tokens: int | None = None,
 ) -> float:
     """FLOPs of one forward over ``batch`` sequences of ``length`` tokens.
 
+    ``tokens``: how many tokens the per-token work (projections, feed-forward) runs on;
+    ``batch * length`` by default, the real tokens alone for minbert's packed batches.
     ``first_token_only``: the last layer computes keys and values for every token but
     queries, attention output and feed-forward for the first token alone (BertModel's
-    ``first_token_only``), so it is counted that way: the work minbert does.
+    ``first_token_only``). Attention's T x T products are always counted padded.
     """
+    tokens = batch * length if tokens is None else tokens
     per_layer = shape.layer_params / shape.num_layers
-    layer_tokens = 2 * per_layer * batch * length
+    layer_tokens = 2 * per_layer * tokens
     layer_attention = 4 * shape.hidden_size * batch * length**2
     if not first_token_only:
         return float(shape.num_layers * (layer_tokens + layer_attention))
     key_value = 2 * (shape.hidden_size**2 + shape.hidden_size)  # their weights and biases
-    last = 2 * key_value * batch * length + 2 * (per_layer - key_value) * batch
+    last = 2 * key_value * tokens + 2 * (per_layer - key_value) * batch
     last += 4 * shape.hidden_size * batch * length  # one query row against T keys
     return float((shape.num_layers - 1) * (layer_tokens + layer_attention) + last)
 

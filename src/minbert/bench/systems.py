@@ -95,7 +95,9 @@ def build_minbert(model_name: str, attention: str, seed: int) -> System:
     encoder, _ = load_pretrained(model_name, attention)
     torch.manual_seed(seed)  # the heads' initial weights, copied into the peer
     model = MultiTaskModel(encoder, bench_config(model_name, attention)).train()
-    optimizer = AdamW(parameter_groups(model, WEIGHT_DECAY), lr=LR, weight_decay=WEIGHT_DECAY)
+    optimizer = AdamW(
+        parameter_groups(model, WEIGHT_DECAY), lr=LR, weight_decay=WEIGHT_DECAY, compiled=True
+    )
     return System("minbert", model, optimizer, attention)
 
 
@@ -253,9 +255,15 @@ class Work:
     infer_flops: float
 
 
-def count_work(batches: list[TaskBatch], shape: ModelShape, first_token_only: bool = False) -> Work:
-    """The work of ``batches``; ``first_token_only`` counts FLOPs as minbert computes them for
-    heads that read [CLS] alone (see ``inference_flops``)."""
+def count_work(
+    batches: list[TaskBatch],
+    shape: ModelShape,
+    first_token_only: bool = False,
+    packed: bool = False,
+) -> Work:
+    """The work of ``batches``. FLOPs as minbert computes them: ``packed``, per-token work on
+    real tokens alone; ``first_token_only``, for heads that read [CLS] alone (see
+    ``inference_flops``)."""
     examples = sentences = real = padded = 0
     train = infer = 0.0
     for task, batch in batches:
@@ -263,10 +271,12 @@ def count_work(batches: list[TaskBatch], shape: ModelShape, first_token_only: bo
         sentences += len(batch) * len(TASKS[task].text_columns)
         for segment in batch.segments:
             rows, length = segment.input_ids.shape
-            real += int(segment.attention_mask.sum())
+            segment_real = int(segment.attention_mask.sum())
+            real += segment_real
             padded += rows * length
-            train += training_flops(shape, rows, length, first_token_only)
-            infer += inference_flops(shape, rows, length, first_token_only)
+            tokens = segment_real if packed else None
+            train += training_flops(shape, rows, length, first_token_only, tokens)
+            infer += inference_flops(shape, rows, length, first_token_only, tokens)
     return Work(len(batches), examples, sentences, real, padded, train, infer)
 
 

@@ -104,6 +104,7 @@ class Variant:
     fast_dropout: bool = True  # model/dropout.py
     stacked_projections: bool = True  # one matmul for Q, K and V
     first_token_only: bool = True  # cls/pooler heads: the last layer computes [CLS] alone
+    packed: bool = True  # per-token work on real tokens alone
 
 
 # minbert alone, the best setup with one optimisation off at a time.
@@ -115,6 +116,7 @@ ABLATIONS = {
     "torch's dropout mask": Variant(fast_dropout=False),
     "separate Q, K, V matmuls": Variant(stacked_projections=False),
     "all tokens in the last layer": Variant(first_token_only=False),
+    "padding computed too": Variant(packed=False),
 }
 
 
@@ -123,6 +125,7 @@ def apply_variant(model: nn.Module, variant: Variant) -> None:
     encoder = model.encoder
     encoder.set_attention(variant.attention)
     encoder.first_token_shortcut = variant.first_token_only
+    encoder.pack_tokens = variant.packed
     for module in model.modules():
         if isinstance(module, Dropout):
             module.fast_mask = variant.fast_dropout
@@ -384,10 +387,16 @@ def measure_phase(
     runs = alternating_runs(contestants, reps, device, progress)
     out: dict = {"work": asdict(work)}
     for name, system_runs in runs.items():
-        # minbert's heads here read [CLS] alone, so its last layer skips most of its work:
-        # its FLOP/s count the work it does, not the work the peer does.
-        skips = name == "minbert" and systems[name].model.encoder.first_token_shortcut
-        flops = getattr(count_work(phase.batches, shape, first_token_only=skips), phase.flops)
+        # minbert skips work the peer does (padding; most of the last layer for heads that
+        # read [CLS] alone): its FLOP/s count the work it does.
+        encoder = systems[name].model.encoder if name == "minbert" else None
+        done = count_work(
+            phase.batches,
+            shape,
+            first_token_only=bool(encoder and encoder.first_token_shortcut),
+            packed=bool(encoder and encoder.pack_tokens),
+        )
+        flops = getattr(done, phase.flops)
         out[name] = run_summary(system_runs, amounts, flops, peak)
     speed = {name: [amounts[unit] / r.seconds for r in rs] for name, rs in runs.items()}
     out["ratios"] = pair_ratios(speed["minbert"], speed["peer"])

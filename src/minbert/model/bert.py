@@ -90,6 +90,46 @@ class EncoderOutput:
     pooler_output: Tensor  # (B, H), tanh(dense(h_[CLS]))
 
 
+@dataclass
+class Packing:
+    """Where the real tokens of a padded (B, T) batch sit, so that the per-token work (every
+    projection, feed-forward and LayerNorm: all but attention) runs on them alone.
+
+    Packed states are (n, W), the n real tokens in row-major order; attention pads them back
+    to (B, T, W) for its T x T products. Same results as the padded pass on every real token.
+    """
+
+    batch: int
+    length: int
+    index: Tensor  # (n,): flat position b * T + t of each real token
+    firsts: Tensor  # (B,): where each sequence's first token sits among the n
+
+    @classmethod
+    def of(cls, keep: Tensor) -> Packing:
+        """From the (B, T) bool mask; every sequence's first token must be real."""
+        b, t = keep.shape
+        index = keep.reshape(-1).nonzero().squeeze(1)
+        return cls(b, t, index, (index % t == 0).nonzero().squeeze(1))
+
+    def pack(self, padded: Tensor) -> Tensor:
+        """(B, T, W) -> (n, W)."""
+        return padded.reshape(self.batch * self.length, -1).index_select(0, self.index)
+
+    def pad(self, packed: Tensor) -> Tensor:
+        """(n, W) -> (B, T, W), zeros where the padding is."""
+        flat = packed.new_zeros(self.batch * self.length, packed.shape[-1])
+        return flat.index_copy(0, self.index, packed).view(self.batch, self.length, -1)
+
+    def first(self, packed: Tensor) -> Tensor:
+        """(n, W) -> (B, 1, W): each sequence's first token."""
+        return packed.index_select(0, self.firsts).unsqueeze(1)
+
+
+def _first_tokens(hidden: Tensor, packing: Packing | None) -> Tensor:
+    """(B, 1, H): the first token of each sequence, from padded or packed states."""
+    return hidden[:, :1] if packing is None else packing.first(hidden)
+
+
 class BertEmbeddings(nn.Module):
     """Token + position + segment embeddings, then LayerNorm and dropout."""
 
@@ -147,30 +187,44 @@ class BertSelfAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
-    def _project(self, hidden: Tensor, *linears: nn.Linear) -> list[Tensor]:
-        """Each of ``linears`` applied to ``hidden`` (B, T, H), split into heads (B, N, T, D).
+    def _project(
+        self, hidden: Tensor, *linears: nn.Linear, packing: Packing | None = None
+    ) -> list[Tensor]:
+        """Each of ``linears`` applied to ``hidden`` ((B, T, H), or packed (n, H) with
+        ``packing``), split into heads (B, N, T, D).
 
         Stacked, the projections run as one matmul of their weights concatenated: one wide
         product runs closer to the machine's peak than several narrow ones. The parameters stay
         separate, named as in HF's files.
         """
+
+        def padded(x: Tensor) -> Tensor:
+            return x if packing is None else packing.pad(x)
+
         if not self.stack_projections:
-            return [self._split_heads(linear(hidden), 1)[0] for linear in linears]
+            return [self._split_heads(padded(linear(hidden)), 1)[0] for linear in linears]
         weight = torch.cat([linear.weight for linear in linears])
         bias = torch.cat([linear.bias for linear in linears])
-        return list(self._split_heads(F.linear(hidden, weight, bias), len(linears)))
+        return list(self._split_heads(padded(F.linear(hidden, weight, bias)), len(linears)))
 
-    def forward(self, hidden: Tensor, keep: Tensor, first_only: bool = False) -> Tensor:
+    def forward(
+        self,
+        hidden: Tensor,
+        keep: Tensor,
+        first_only: bool = False,
+        packing: Packing | None = None,
+    ) -> Tensor:
         """``keep`` is a bool mask (B, 1, 1, T): True where the key is a real token.
 
         ``first_only``: attend from the first position alone (the output is (B, 1, H)); keys and
-        values still come from every token.
+        values still come from every token. With ``packing``, ``hidden`` and the output (unless
+        ``first_only``) are packed (n, H).
         """
         if first_only:
-            (q,) = self._project(hidden[:, :1], self.query)  # (B, N, 1, D)
-            k, v = self._project(hidden, self.key, self.value)  # (B, N, T, D)
+            (q,) = self._project(_first_tokens(hidden, packing), self.query)  # (B, N, 1, D)
+            k, v = self._project(hidden, self.key, self.value, packing=packing)  # (B, N, T, D)
         else:
-            q, k, v = self._project(hidden, self.query, self.key, self.value)
+            q, k, v = self._project(hidden, self.query, self.key, self.value, packing=packing)
         dropout_p = self.dropout_p if self.training else 0.0
         # On the CPU, sdpa has no fused kernel with dropout: it falls back to the manual math
         # below with a slower dropout mask, so training takes the manual path there.
@@ -186,7 +240,8 @@ class BertSelfAttention(nn.Module):
         else:
             raise ValueError(f"unknown attention implementation {self.impl!r}")
         b, _, t, _ = context.shape
-        return context.transpose(1, 2).reshape(b, t, -1)  # (B, T, H)
+        context = context.transpose(1, 2).reshape(b, t, -1)  # (B, T, H)
+        return context if packing is None or first_only else packing.pack(context)
 
 
 class BertSelfOutput(nn.Module):
@@ -208,9 +263,11 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config, impl)
         self.output = BertSelfOutput(config)
 
-    def forward(self, hidden: Tensor, keep: Tensor, first_only: bool = False) -> Tensor:
-        residual = hidden[:, :1] if first_only else hidden
-        return self.output(self.self(hidden, keep, first_only), residual)
+    def forward(
+        self, hidden: Tensor, keep: Tensor, first_only: bool = False, packing: Packing | None = None
+    ) -> Tensor:
+        residual = _first_tokens(hidden, packing) if first_only else hidden
+        return self.output(self.self(hidden, keep, first_only, packing), residual)
 
 
 class BertIntermediate(nn.Module):
@@ -243,8 +300,10 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden: Tensor, keep: Tensor, first_only: bool = False) -> Tensor:
-        attended = self.attention(hidden, keep, first_only)
+    def forward(
+        self, hidden: Tensor, keep: Tensor, first_only: bool = False, packing: Packing | None = None
+    ) -> Tensor:
+        attended = self.attention(hidden, keep, first_only, packing)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -253,11 +312,14 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config, impl) for _ in range(config.num_hidden_layers))
 
-    def forward(self, hidden: Tensor, keep: Tensor, first_only: bool = False) -> Tensor:
-        """``first_only``: the last layer computes the first position alone (see BertModel)."""
+    def forward(
+        self, hidden: Tensor, keep: Tensor, first_only: bool = False, packing: Packing | None = None
+    ) -> Tensor:
+        """``first_only``: the last layer computes the first position alone (see BertModel).
+        ``packing``: the states are packed real tokens (see Packing)."""
         last = len(self.layer) - 1
         for i, layer in enumerate(self.layer):
-            hidden = layer(hidden, keep, first_only and i == last)
+            hidden = layer(hidden, keep, first_only and i == last, packing)
         return hidden
 
 
@@ -284,6 +346,8 @@ class BertModel(nn.Module):
         self.apply(self._init_weights)
         # Heads reading only [CLS] ask for first_token_only (off: the benchmark's ablation).
         self.first_token_shortcut = True
+        # Per-token work on real tokens alone when a batch has padding (off: the ablation).
+        self.pack_tokens = True
 
     @property
     def attention(self) -> AttentionImpl:
@@ -317,10 +381,19 @@ class BertModel(nn.Module):
         which is all a ``cls`` or ``pooler`` head reads. The last layer then computes queries,
         attention output and feed-forward for one token instead of T (its keys and values still
         for all): 10 of the 72 H² multiply-adds per token of a 6-layer model, forward and
-        backward. The result is the same as the full pass's first row."""
+        backward. The result is the same as the full pass's first row.
+
+        A batch with padding runs packed (``Packing``): every layer's per-token work on its
+        real tokens alone. Padding positions of ``last_hidden_state`` are then zeros."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        real = attention_mask.bool()  # (B, T)
         hidden = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        hidden = self.encoder(hidden, keep, first_token_only)
+        packing = None
+        if self.pack_tokens and not real.all() and real[:, 0].all():
+            packing = Packing.of(real)
+            hidden = packing.pack(hidden)  # (n, H)
+        hidden = self.encoder(hidden, real[:, None, None, :], first_token_only, packing)
+        if packing is not None and not first_token_only:
+            hidden = packing.pad(hidden)
         return EncoderOutput(last_hidden_state=hidden, pooler_output=self.pooler(hidden))

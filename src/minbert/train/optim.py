@@ -6,6 +6,7 @@ Adam with bias-corrected moments, ``p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
 
@@ -13,6 +14,29 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+log = logging.getLogger(__name__)
+
+
+def _fused_update(p, g, m, v, decay_factor, beta1, beta2, step_size, eps):
+    """One tensor's AdamW update, the same arithmetic as ``AdamW._update``, for torch.compile
+    to fuse into one pass over memory (the scalars are 0-d tensors, so a new learning rate
+    does not recompile)."""
+    p.mul_(decay_factor)
+    m.lerp_(g, 1 - beta1)
+    v.mul_(beta2).add_(g * g * (1 - beta2))
+    p.sub_(step_size * m / (v.sqrt() + eps))
+
+
+_compiled_update: Callable | None = None
+
+
+def compiled_update() -> Callable | None:
+    """``_fused_update`` compiled once per process (None where compiling fails)."""
+    global _compiled_update
+    if _compiled_update is None:
+        _compiled_update = torch.compile(_fused_update, dynamic=True)
+    return _compiled_update
 
 
 class AdamW(Optimizer):
@@ -23,7 +47,12 @@ class AdamW(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.01,
+        compiled: bool = False,
     ):
+        """``compiled``: on the CPU, run each tensor's update as one torch.compile'd kernel
+        (one pass over memory instead of seven); elsewhere, or if compiling fails, the
+        multi-tensor path below."""
+        self.compiled = compiled
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"lr, eps and weight_decay must be >= 0: {lr}, {eps}, {weight_decay}")
         if not all(0.0 <= b < 1.0 for b in betas):
@@ -82,15 +111,35 @@ class AdamW(Optimizer):
         states = [self.state[p] for p in params]
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        root_bias2 = math.sqrt(1 - beta2**step)
+        step_size = lr * root_bias2 / (1 - beta1**step)
+        if self.compiled and params[0].device.type == "cpu":
+            scalars = [
+                torch.tensor(x, dtype=params[0].dtype)
+                for x in (1 - lr * decay, beta1, beta2, step_size, eps * root_bias2)
+            ]
+            done = 0
+            try:
+                update = compiled_update()
+                for tensors in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+                    update(*(t.view(-1) for t in tensors), *scalars)
+                    done += 1
+                return
+            except Exception as exc:  # no C++ compiler, an unsupported platform, ...
+                log.warning("compiled AdamW update failed (%s); using the eager one", exc)
+                self.compiled = False
+            # the tensors not updated yet go the eager way
+            params, grads, exp_avgs, exp_avg_sqs = (
+                x[done:] for x in (params, grads, exp_avgs, exp_avg_sqs)
+            )
         if decay:
             torch._foreach_mul_(params, 1 - lr * decay)  # decoupled weight decay
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)  # m = b1 m + (1 - b1) g
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)  # v = b2 v + (1-b2) g²
-        root_bias2 = math.sqrt(1 - beta2**step)
         denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_add_(denom, eps * root_bias2)
-        torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr * root_bias2 / (1 - beta1**step))
+        torch._foreach_addcdiv_(params, exp_avgs, denom, value=-step_size)
 
 
 def no_decay(name: str) -> bool:

@@ -153,6 +153,7 @@ class Trainer:
             betas=tuple(config.train.betas),
             eps=config.train.eps,
             weight_decay=config.train.weight_decay,
+            compiled=config.train.compile_optimizer,
         )
         self.scheduler = warmup_schedule(
             self.optimizer,
