@@ -276,3 +276,36 @@ def test_packed_batches_give_the_padded_pass_outputs_and_gradients(
     assert len(got_grads) == len(want_grads)
     for g, w in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, atol=FP32_ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cosine"])
+def test_bi_encoded_evaluation_encodes_each_distinct_sentence_once(
+    tiny_model, tiny_tokenizer, kind
+):
+    rng = np.random.default_rng(1)
+    pool = [" ".join(rng.choice(WORDS, size=rng.integers(1, 12))) for _ in range(9)]
+    pairs = [(pool[rng.integers(9)], pool[rng.integers(9)]) for _ in range(30)]  # repeats
+    data = TaskData("quora", "dev", None, [f"q{i}" for i in range(30)], pairs, None, [])
+    encoded = encode_task(data, tiny_tokenizer, max_length=32, bi_encode=True)
+    config = config_from_dict(
+        {
+            "train": {"tasks": ["quora"]},
+            "heads": {"quora": {"encoding": "bi", "pooling": "mean", "kind": kind}},
+        }
+    )
+    torch.manual_seed(0)
+    model = MultiTaskModel(tiny_model, config).eval()
+    calls = []
+    real_forward = tiny_model.forward
+
+    def counting(input_ids, *args, **kwargs):
+        calls.append(input_ids.shape[0])
+        return real_forward(input_ids, *args, **kwargs)
+
+    tiny_model.forward = counting
+    got = predict(model, encoded, batch_size=8)
+    distinct = len({s for pair in pairs for s in pair})
+    assert sum(calls) == distinct < 60  # every distinct sentence once, not 2 per pair
+    with torch.no_grad():
+        want = model("quora", encoded.batch(np.arange(30)))
+    np.testing.assert_allclose(got.outputs, want.numpy(), atol=1e-5, rtol=1e-5)

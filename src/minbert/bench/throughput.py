@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from minbert.bench.measure import (
     FLOP_FORMULA,
@@ -105,6 +104,7 @@ class Variant:
     stacked_projections: bool = True  # one matmul for Q, K and V
     first_token_only: bool = True  # cls/pooler heads: the last layer computes [CLS] alone
     packed: bool = True  # per-token work on real tokens alone
+    compiled_optimizer: bool = True  # AdamW's update as one torch.compile'd kernel per tensor
 
 
 # minbert alone, the best setup with one optimisation off at a time.
@@ -117,11 +117,14 @@ ABLATIONS = {
     "separate Q, K, V matmuls": Variant(stacked_projections=False),
     "all tokens in the last layer": Variant(first_token_only=False),
     "padding computed too": Variant(packed=False),
+    "eager AdamW update": Variant(compiled_optimizer=False),
 }
 
 
-def apply_variant(model: nn.Module, variant: Variant) -> None:
+def apply_variant(system: System, variant: Variant) -> None:
     """Switch minbert's optimisations on or off in place, as ``variant`` says."""
+    system.optimizer.compiled = variant.compiled_optimizer
+    model = system.model
     encoder = model.encoder
     encoder.set_attention(variant.attention)
     encoder.first_token_shortcut = variant.first_token_only
@@ -481,7 +484,7 @@ def run_ablation(
 
         def variant(name: str, limit: int | None = None, runner=runner, batches=batches) -> None:
             chosen = ABLATIONS[name]
-            apply_variant(minbert.model, chosen)
+            apply_variant(minbert, chosen)
             runner(minbert, batches[chosen.grouped][:limit], device, chosen.bf16)
 
         for name in ABLATIONS:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from minbert.data.batching import EncodedTask, eval_batches
+from minbert.data.batching import EncodedTask, eval_batches, pad_sequences
 from minbert.data.tasks import TASKS
 from minbert.eval.metrics import METRICS, overall_scores
+from minbert.model.heads import BiEncoderHead, encode
 from minbert.model.multitask import MultiTaskModel
 from minbert.train.device import autocast
 
@@ -40,19 +43,71 @@ def predict(
     values = np.zeros(len(data), dtype=np.float64)
     width = (spec.num_outputs,) if spec.num_outputs > 1 else ()
     outputs = np.zeros((len(data), *width), dtype=np.float32)
-    batches = eval_batches(data.lengths, batch_size)
-    for rows in tqdm(
-        batches, desc=f"eval {data.task} {data.split}", leave=False, disable=not progress
-    ):
-        batch = data.batch(rows).to(device)
-        with autocast(device, bf16):
-            out = model(data.task, batch)
+    head = model.heads[data.task]
+    if isinstance(head, BiEncoderHead):
+        batches = _bi_encoded_outputs(model, head, data, batch_size, device, bf16, progress)
+    else:
+        batches = _outputs(model, data, batch_size, device, bf16, progress)
+    for rows, out in batches:
         values[rows] = model.predictions(data.task, out).cpu().numpy()
         outputs[rows] = out.float().cpu().numpy()
     model.train(was_training)
     if spec.label_kind != "score":
         values = values.astype(np.int64)
     return Predictions(values, outputs)
+
+
+def _outputs(
+    model, data, batch_size, device, bf16, progress
+) -> Iterator[tuple[np.ndarray, Tensor]]:
+    """Head outputs, batch by batch of rows of similar length."""
+    batches = eval_batches(data.lengths, batch_size)
+    for rows in tqdm(
+        batches, desc=f"eval {data.task} {data.split}", leave=False, disable=not progress
+    ):
+        with autocast(device, bf16):
+            out = model(data.task, data.batch(rows).to(device))
+        yield rows, out
+
+
+def _bi_encoded_outputs(
+    model, head, data, batch_size, device, bf16, progress
+) -> Iterator[tuple[np.ndarray, Tensor]]:
+    """Head outputs of a bi-encoded pair task, encoding each distinct sentence once.
+
+    Dev and test files repeat sentences across pairs; a sentence's embedding does not depend
+    on its pair, so each is computed once and the head compares the looked-up pairs.
+    """
+    index: dict[bytes, int] = {}  # token ids -> position among the distinct sentences
+    distinct: list[np.ndarray] = []
+    where = np.zeros((len(data.sequences), len(data)), dtype=np.int64)  # (2, N)
+    for p, part in enumerate(data.sequences):
+        for row, ids in enumerate(part):
+            key = ids.tobytes()
+            if key not in index:
+                index[key] = len(distinct)
+                distinct.append(ids)
+            where[p, row] = index[key]
+    table = None  # (distinct sentences, H)
+    for rows in tqdm(
+        eval_batches(np.array([len(ids) for ids in distinct]), batch_size),
+        desc=f"eval {data.task} {data.split}",
+        leave=False,
+        disable=not progress,
+    ):
+        ids = [distinct[i] for i in rows]
+        segment = pad_sequences(ids, [np.zeros_like(x) for x in ids]).to(device)
+        with autocast(device, bf16):
+            pooled = encode(model.encoder, segment, head.pooling)
+        if table is None:
+            table = pooled.new_empty(len(distinct), pooled.shape[-1])
+        table[torch.from_numpy(rows).to(device)] = pooled
+    for start in range(0, len(data), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(data)))
+        u, v = (table[torch.from_numpy(where[p, rows]).to(device)] for p in (0, 1))
+        with autocast(device, bf16):
+            out = head.compare(u, v)
+        yield rows, out
 
 
 def score(task: str, predictions: np.ndarray, labels: np.ndarray) -> float:

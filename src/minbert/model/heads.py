@@ -127,7 +127,10 @@ class BiEncoderHead(nn.Module):
         return pooled.chunk(2)
 
     def forward(self, encoder: BertModel, batch: Batch) -> Tensor:
-        u, v = self.embed_pair(encoder, batch)
+        return self.compare(*self.embed_pair(encoder, batch))
+
+    def compare(self, u: Tensor, v: Tensor) -> Tensor:
+        """The head's output from the two sentence embeddings (B, H) of each pair."""
         if self.swap and self.training:
             # [u;v] is ordered but paraphrase and similarity are not: show both orders.
             flip = (torch.rand(u.shape[0], device=u.device) < 0.5).unsqueeze(-1)  # (B, 1)
