@@ -869,7 +869,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plain-allocator",
         action="store_true",
         default=None,
-        help="leave glibc's malloc at its defaults (for both systems: they share the process)",
+        help="leave glibc's malloc and oneDNN's cache at their defaults (for both systems: "
+        "they share the process)",
     )
     add("--sweep", dest="sweep_png", metavar="PNG", help="also sweep length x batch; plot here")
     add("--sweep-only", action="store_true", help="only the sweep, no comparison")
