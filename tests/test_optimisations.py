@@ -15,7 +15,7 @@ from minbert.config import config_from_dict
 from minbert.data.batching import EncodedTask, Segment, encode_task, grouped_order
 from minbert.data.io import TaskData
 from minbert.eval.evaluate import predict
-from minbert.model.bert import Packing
+from minbert.model.bert import Packing, packed_rows
 from minbert.model.dropout import dropout, keep_mask
 from minbert.model.heads import encode
 from minbert.model.multitask import MultiTaskModel
@@ -238,16 +238,31 @@ def test_the_allocator_setting_takes_on_glibc():
 
 
 def test_packing_round_trips_the_real_tokens():
-    keep = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    keep = torch.zeros(3, 40, dtype=torch.bool)
+    keep[0, :30], keep[1, :1], keep[2, :] = True, True, True  # 71 real tokens of 120
     packing = Packing.of(keep)
-    states = torch.randn(3, 4, 5)
+    states = torch.randn(3, 40, 5)
     packed = packing.pack(states)
-    assert packed.shape == (8, 5)
-    torch.testing.assert_close(packed, states[keep])
-    padded = packing.pad(packed)
+    assert packed.shape == (packed_rows(71, 120), 5) == (120, 5)
+    torch.testing.assert_close(packed[:71], states[keep])
+    torch.testing.assert_close(packing.pad(packed), states)  # every row computed
+    padded = packing.pad(packed, real_only=True)
     torch.testing.assert_close(padded[keep], states[keep])
     assert (padded[~keep] == 0).all()
     torch.testing.assert_close(packing.first(packed), states[:, :1])
+
+
+def test_packed_row_counts_are_few_and_waste_little():
+    assert packed_rows(0, 10) == 0
+    assert packed_rows(1, 4096) == 64
+    assert packed_rows(64, 4096) == 64
+    assert packed_rows(65, 4096) == 128
+    assert packed_rows(1025, 4096) == 1088
+    assert packed_rows(3000, 4096) == 3072
+    assert packed_rows(3000, 3010) == 3010
+    sizes = {packed_rows(n, 4096) for n in range(1, 4097)}
+    assert len(sizes) <= 64
+    assert all(packed_rows(n, 10**6) - n <= max(63, n / 16) for n in range(1, 5000))
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "manual"])
@@ -256,10 +271,10 @@ def test_packed_batches_give_the_padded_pass_outputs_and_gradients(
     tiny_model, tiny_config, impl, first_only
 ):
     tiny_model.set_attention(impl)
-    ids = torch.randint(5, tiny_config.vocab_size, (4, 10))
+    ids = torch.randint(5, tiny_config.vocab_size, (4, 40))
     mask = torch.ones_like(ids)
-    mask[0, 3:] = 0
-    mask[2, 7:] = 0
+    mask[0, 3:], mask[1, 20:], mask[2, 7:], mask[3, 12:] = 0, 0, 0, 0
+    assert packed_rows(int(mask.sum()), mask.numel()) == 64 < mask.numel()  # some padding too
     types = torch.randint(0, 2, ids.shape)
     results = []
     for packed in (False, True):

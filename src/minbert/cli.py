@@ -255,11 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(message)s",
     )
-    from minbert.train.device import tune_memory
+    from minbert.train.device import keep_freed_memory
     from minbert.train.trainer import TrainingError
 
     if not getattr(args, "plain_allocator", False):
-        tune_memory()
+        keep_freed_memory()
     try:
         return args.func(args)
     except (

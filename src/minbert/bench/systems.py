@@ -28,6 +28,7 @@ from minbert.config import Config, config_from_dict
 from minbert.data.batching import Batch, EncodedTask, Segment, TaskStream, encode_task, eval_batches
 from minbert.data.io import read_task_file
 from minbert.data.tasks import TASKS
+from minbert.model.bert import packed_rows
 from minbert.model.loading import load_pretrained, resolve_model_dir
 from minbert.model.multitask import MultiTaskModel
 from minbert.model.tokenizer import Tokenizer
@@ -262,7 +263,8 @@ def count_work(
     packed: bool = False,
 ) -> Work:
     """The work of ``batches``. FLOPs as minbert computes them: ``packed``, per-token work on
-    real tokens alone; ``first_token_only``, for heads that read [CLS] alone (see
+    the rows ``Packing`` computes (the real tokens, rounded up by ``packed_rows``);
+    ``first_token_only``, for heads that read [CLS] alone (see
     ``inference_flops``)."""
     examples = sentences = real = padded = 0
     train = infer = 0.0
@@ -274,7 +276,7 @@ def count_work(
             segment_real = int(segment.attention_mask.sum())
             real += segment_real
             padded += rows * length
-            tokens = segment_real if packed else None
+            tokens = packed_rows(segment_real, rows * length) if packed else None
             train += training_flops(shape, rows, length, first_token_only, tokens)
             infer += inference_flops(shape, rows, length, first_token_only, tokens)
     return Work(len(batches), examples, sentences, real, padded, train, infer)

@@ -95,34 +95,53 @@ class Packing:
     """Where the real tokens of a padded (B, T) batch sit, so that the per-token work (every
     projection, feed-forward and LayerNorm: all but attention) runs on them alone.
 
-    Packed states are (n, W), the n real tokens in row-major order; attention pads them back
-    to (B, T, W) for its T x T products. Same results as the padded pass on every real token.
+    Packed states are (m, W): the n real tokens in row-major order, then m - n padding
+    positions computed as the padded pass computes them, so that m is one of a few row counts
+    (``packed_rows``). oneDNN compiles a matmul kernel per shape (about 5 ms each with AMX
+    here), and n alone is new almost every batch. Attention pads the states back to (B, T, W)
+    for its T x T products. Same results as the padded pass on every real token.
     """
 
     batch: int
     length: int
-    index: Tensor  # (n,): flat position b * T + t of each real token
-    firsts: Tensor  # (B,): where each sequence's first token sits among the n
+    index: Tensor  # (m,): flat position b * T + t of each computed row, the n real ones first
+    real: int  # n
+    firsts: Tensor  # (B,): where each sequence's first token sits among the rows
 
     @classmethod
     def of(cls, keep: Tensor) -> Packing:
         """From the (B, T) bool mask; every sequence's first token must be real."""
         b, t = keep.shape
-        index = keep.reshape(-1).nonzero().squeeze(1)
-        return cls(b, t, index, (index % t == 0).nonzero().squeeze(1))
+        flat = keep.reshape(-1)
+        index = flat.nonzero().squeeze(1)
+        n = len(index)
+        extra = packed_rows(n, b * t) - n
+        if extra:
+            index = torch.cat([index, (~flat).nonzero().squeeze(1)[:extra]])
+        return cls(b, t, index, n, (index[:n] % t == 0).nonzero().squeeze(1))
 
     def pack(self, padded: Tensor) -> Tensor:
-        """(B, T, W) -> (n, W)."""
+        """(B, T, W) -> (m, W)."""
         return padded.reshape(self.batch * self.length, -1).index_select(0, self.index)
 
-    def pad(self, packed: Tensor) -> Tensor:
-        """(n, W) -> (B, T, W), zeros where the padding is."""
+    def pad(self, packed: Tensor, real_only: bool = False) -> Tensor:
+        """(m, W) -> (B, T, W); zeros where nothing was computed (``real_only``: on every
+        padding position)."""
+        index = self.index[: self.real] if real_only else self.index
         flat = packed.new_zeros(self.batch * self.length, packed.shape[-1])
-        return flat.index_copy(0, self.index, packed).view(self.batch, self.length, -1)
+        return flat.index_copy(0, index, packed[: len(index)]).view(self.batch, self.length, -1)
 
     def first(self, packed: Tensor) -> Tensor:
-        """(n, W) -> (B, 1, W): each sequence's first token."""
+        """(m, W) -> (B, 1, W): each sequence's first token."""
         return packed.index_select(0, self.firsts).unsqueeze(1)
+
+
+def packed_rows(real: int, limit: int) -> int:
+    """The row count a batch of ``real`` tokens is packed into: rounded up to a multiple of
+    64, or of 1/16 of the power of two below it when larger, so at most 1/16 of the rows are
+    padding and a training run sees a few dozen distinct shapes; never above ``limit``."""
+    step = max(64, (1 << (real.bit_length() - 1)) // 16) if real else 64
+    return min(limit, -(-real // step) * step)
 
 
 def _first_tokens(hidden: Tensor, packing: Packing | None) -> Tensor:
@@ -384,7 +403,8 @@ class BertModel(nn.Module):
         backward. The result is the same as the full pass's first row.
 
         A batch with padding runs packed (``Packing``): every layer's per-token work on its
-        real tokens alone. Padding positions of ``last_hidden_state`` are then zeros."""
+        real tokens alone (and a few padding positions). Padding positions of ``last_hidden_state``
+        are then zeros."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         real = attention_mask.bool()  # (B, T)
@@ -395,5 +415,5 @@ class BertModel(nn.Module):
             hidden = packing.pack(hidden)  # (n, H)
         hidden = self.encoder(hidden, real[:, None, None, :], first_token_only, packing)
         if packing is not None and not first_token_only:
-            hidden = packing.pad(hidden)
+            hidden = packing.pad(hidden, real_only=True)
         return EncoderOutput(last_hidden_state=hidden, pooler_output=self.pooler(hidden))

@@ -6,7 +6,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
-import os
 import platform
 import resource
 
@@ -85,20 +84,3 @@ def keep_freed_memory() -> bool:
             (_M_TOP_PAD, 64 * MIB),
         )
     )
-
-
-def limit_onednn_cache(capacity: int = 64) -> None:
-    """Cap oneDNN's primitive cache (default 1,024 entries) unless the user set it.
-
-    Packed batches give the matmuls a new row count almost every step, and oneDNN keeps a
-    compiled primitive, with its buffers, per shape: a training run's RSS grew to 2.9 GiB
-    within 300 steps, against 2.2 GiB with 64 entries, at the same step time
-    (docs/PERFORMANCE.md). oneDNN reads the variable when it first runs, so call this early.
-    """
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
-
-
-def tune_memory() -> None:
-    """What the CLI does first: keep freed memory (glibc) and cap oneDNN's cache."""
-    keep_freed_memory()
-    limit_onednn_cache()
