@@ -161,7 +161,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from minbert.eval.compare import compare_table
 
-    print(compare_table([Path(r) for r in args.runs]), end="")
+    print(compare_table([Path(r) for r in args.runs], mean_row=args.mean), end="")
     return 0
 
 
@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser("compare", help="markdown table of the dev scores of finished runs")
     cp.add_argument("runs", nargs="+", help="run folders")
+    cp.add_argument(
+        "--mean", action="store_true", help="add a row of mean ± std over the runs (seeds)"
+    )
     cp.set_defaults(func=cmd_compare)
 
     from minbert.bench.throughput import add_arguments as add_bench_arguments
@@ -255,11 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(message)s",
     )
-    from minbert.train.device import keep_freed_memory
+    from minbert.train.device import tune_memory
     from minbert.train.trainer import TrainingError
 
     if not getattr(args, "plain_allocator", False):
-        keep_freed_memory()
+        tune_memory()
     try:
         return args.func(args)
     except (
