@@ -129,7 +129,8 @@ class Packing:
         padding position)."""
         index = self.index[: self.real] if real_only else self.index
         flat = packed.new_zeros(self.batch * self.length, packed.shape[-1])
-        return flat.index_copy(0, index, packed[: len(index)]).view(self.batch, self.length, -1)
+        # in place: the out-of-place index_copy would copy the zeros once more
+        return flat.index_copy_(0, index, packed[: len(index)]).view(self.batch, self.length, -1)
 
     def first(self, packed: Tensor) -> Tensor:
         """(m, W) -> (B, 1, W): each sequence's first token."""
