@@ -413,7 +413,7 @@ class BertModel(nn.Module):
         packing = None
         if self.pack_tokens and not real.all() and real[:, 0].all():
             packing = Packing.of(real)
-            hidden = packing.pack(hidden)  # (n, H)
+            hidden = packing.pack(hidden)  # (m, H)
         hidden = self.encoder(hidden, real[:, None, None, :], first_token_only, packing)
         if packing is not None and not first_token_only:
             hidden = packing.pad(hidden, real_only=True)
