@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch.profiler import profile
@@ -47,12 +49,11 @@ def main() -> None:
     system = build_minbert("minilm-l6", "sdpa", seed=0)
     batches = [synthetic_batch(b, t, system.model.encoder.config.vocab_size)] * args.steps
     device, bf16 = torch.device("cpu"), not args.fp32
-    train_run(system, batches[:3], device, bf16)  # warm-up: compiles, oneDNN kernels
-    start = time.perf_counter()
-    train_run(system, batches, device, bf16)
-    per_step = (time.perf_counter() - start) / args.steps
-    with profile() as prof:
-        train_run(system, batches, device, bf16)
+    seconds, prof = time_and_profile(
+        lambda: train_run(system, batches, device, bf16),
+        warm_up=lambda: train_run(system, batches[:3], device, bf16),  # compiles, oneDNN
+    )
+    per_step = seconds / args.steps
     print(
         f"{args.batch}, bf16={bf16}: {per_step * 1e3:.0f} ms per step, {b * t / per_step:,.0f} tokens/s"
     )
@@ -65,14 +66,21 @@ def profile_scoring(bf16: bool, dev_limit: int = 500, batch_size: int = 128) -> 
     data = load_bench_data("data", tokenizer, 128, train_limit=1, dev_limit=dev_limit)
     batches = scoring_batches(data.dev, batch_size, sort_by_length=False)
     device = torch.device("cpu")
-    score_run(system, batches, device, bf16)  # warm-up: oneDNN kernels
-    start = time.perf_counter()
-    score_run(system, batches, device, bf16)
-    seconds = time.perf_counter() - start
-    with profile() as prof:
-        score_run(system, batches, device, bf16)
+    run = partial(score_run, system, batches, device, bf16)
+    seconds, prof = time_and_profile(run, warm_up=run)
     print(f"dev scoring, {len(batches)} batches in file order, bf16={bf16}: {seconds:.2f} s")
     print_breakdown(prof)
+
+
+def time_and_profile(run: Callable[[], None], warm_up: Callable[[], None]) -> tuple[float, profile]:
+    """Seconds of one ``run`` after ``warm_up``, then the profile of another ``run``."""
+    warm_up()
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    with profile() as prof:
+        run()
+    return seconds, prof
 
 
 def print_breakdown(prof: profile) -> None:
