@@ -57,6 +57,7 @@ def test_sentiment_heads(tiny_model, tiny_tokenizer, pooling, kind):
         ["encoding=bi", "features=uv"],
         ["encoding=bi", "features=uvd", "kind=mlp"],
         ["encoding=bi", "features=uvdp", "pooling=mean+max"],
+        ["encoding=bi", "features=uvdpc", "kind=mlp", "pooling=mean"],
         ["encoding=bi", "kind=cosine", "pooling=mean"],
     ],
 )
@@ -110,6 +111,9 @@ def test_pair_features():
     u, v = torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0, 1.0]])
     assert pair_features(u, v, "uvdp").tolist() == [[1.0, -2.0, 3.0, 1.0, 2.0, 3.0, 3.0, -2.0]]
     assert pair_features(u, v, "uv").shape == (1, 4)
+    with_cos = pair_features(u, v, "uvdpc")
+    assert with_cos.shape == (1, 9)
+    assert with_cos[0, -1].item() == pytest.approx((3.0 - 2.0) / (5**0.5 * 10**0.5))
 
 
 def test_missing_head_is_a_clear_error(tiny_model):

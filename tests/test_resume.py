@@ -28,6 +28,8 @@ RUN_SETTINGS = [
     "train.threads=1",
     "heads.quora.encoding=bi",
     "heads.quora.swap=true",
+    "heads.quora.contrastive=0.5",
+    "train.ema_decay=0.9",  # the weight average is resumable state too
 ]
 TIMING_KEYS = {"train_seconds", "elapsed_seconds"}
 

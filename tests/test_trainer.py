@@ -90,3 +90,28 @@ def test_same_seed_same_result(tiny_setup, tmp_path):
     a = Trainer(config, tmp_path / "a").run()["dev"]
     b = Trainer(config, tmp_path / "b").run()["dev"]
     assert a == b
+
+
+def test_contrastive_term_is_added_to_the_pair_task_objective(tiny_setup, tmp_path, monkeypatch):
+    from minbert.train import trainer as trainer_module
+
+    seen = []
+    real = trainer_module.in_batch_contrastive
+
+    def recording(u, v, labels, scale):
+        seen.append((u.shape, v.shape, labels.shape, scale))
+        return real(u, v, labels, scale)
+
+    monkeypatch.setattr(trainer_module, "in_batch_contrastive", recording)
+    config = run_config(
+        tiny_setup,
+        "heads.quora.encoding=bi",
+        "heads.quora.pooling=mean",
+        "heads.quora.contrastive=0.5",
+        "heads.quora.contrastive_scale=5",
+        "train.max_steps=15",
+    )
+    Trainer(config, tmp_path / "run").run()
+    assert seen, "the contrastive loss was never computed"
+    assert {s[3] for s in seen} == {5.0}
+    assert all(u == v and u[0] == labels[0] for u, v, labels, _ in seen)  # (B, H) pairs

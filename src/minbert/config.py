@@ -57,12 +57,22 @@ class HeadConfig:
     encoding: Literal["cross", "bi"] = _field(
         "cross", "pair tasks: one sequence [CLS] a [SEP] b [SEP], or each sentence alone"
     )
-    features: Literal["uv", "uvd", "uvdp"] = _field(
-        "uvdp", "bi-encoder features: [u;v], [u;v;|u-v|], [u;v;|u-v|;u*v]"
+    features: Literal["uv", "uvd", "uvdp", "uvdpc"] = _field(
+        "uvdp",
+        "bi-encoder features: [u;v], [u;v;|u-v|], [u;v;|u-v|;u*v], and uvdpc adds cos(u,v)",
     )
     normalise: bool = _field(True, "regression tasks: train on labels mapped to [0, 1]")
     swap: bool = _field(
         False, "bi-encoded pair tasks: train on (a, b) or (b, a) at random (symmetric relations)"
+    )
+    contrastive: float = _field(
+        0.0,
+        "bi-encoded binary pair tasks: weight of an in-batch contrastive loss on the positive "
+        "pairs' embeddings (each b among the batch's sentences; 0: off)",
+        min=0.0,
+    )
+    contrastive_scale: float = _field(
+        20.0, "temperature inverse of the contrastive loss: logits are scale * cos", min=0.0
     )
 
 
@@ -164,6 +174,13 @@ class TrainConfig:
         "parameters (0: off)",
         min=0,
     )
+    ema_decay: float = _field(
+        0.0,
+        "keep an exponential moving average of the weights, updated after every step with "
+        "this decay, and evaluate and save the average (0: off)",
+        min=0.0,
+        max=0.9999,
+    )
     max_grad_norm: float = _field(1.0, "clip the global gradient norm (0: off)", min=0.0)
     on_nonfinite: Literal["error", "skip"] = _field(
         "error", "a NaN/inf loss or gradient stops the run, or its step is skipped and counted"
@@ -240,6 +257,17 @@ class Config:
                 raise ConfigError(
                     f"heads.{task}.kind: 'cosine' needs a bi-encoded pair task "
                     f"(set heads.{task}.encoding = 'bi')"
+                )
+            if head.contrastive and not (
+                spec.is_pair and head.encoding == "bi" and spec.label_kind == "binary"
+            ):
+                raise ConfigError(
+                    f"heads.{task}.contrastive: needs a bi-encoded binary pair task "
+                    f"(set heads.{task}.encoding = 'bi')"
+                )
+            if head.contrastive and smart.enabled and task in self.train.tasks:
+                raise ConfigError(
+                    f"heads.{task}.contrastive: not combined with train.smart.enabled"
                 )
             if head.swap and not (spec.is_pair and head.encoding == "bi"):
                 raise ConfigError(

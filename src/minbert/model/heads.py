@@ -64,13 +64,24 @@ def encode(encoder: BertModel, segment: Segment, how: str) -> Tensor:
     return pool(out.last_hidden_state, segment.attention_mask, out.pooler_output, how)
 
 
+PAIR_FEATURE_WIDTH = {"uv": 2, "uvd": 3, "uvdp": 4, "uvdpc": 4}  # in units of H (+1 for c)
+
+
 def pair_features(u: Tensor, v: Tensor, features: str) -> Tensor:
     parts = [u, v]
-    if features in ("uvd", "uvdp"):
+    if features in ("uvd", "uvdp", "uvdpc"):
         parts.append((u - v).abs())
-    if features == "uvdp":
+    if features in ("uvdp", "uvdpc"):
         parts.append(u * v)
-    return torch.cat(parts, dim=-1)  # (B, k*H)
+    if features == "uvdpc":
+        # The score MiniLM was pre-trained to produce, handed to the head as it is.
+        cos = F.cosine_similarity(u.float(), v.float(), dim=-1)  # (B,)
+        parts.append(cos.to(u.dtype).unsqueeze(-1))  # (B, 1)
+    return torch.cat(parts, dim=-1)  # (B, k*H [+ 1])
+
+
+def pair_features_size(width: int, features: str) -> int:
+    return PAIR_FEATURE_WIDTH[features] * width + (features == "uvdpc")
 
 
 class SequenceHead(nn.Module):
@@ -111,8 +122,8 @@ class BiEncoderHead(nn.Module):
                 self.scale = nn.Parameter(torch.tensor(10.0))
                 self.bias = nn.Parameter(torch.tensor(-5.0))
         else:
-            k = {"uv": 2, "uvd": 3, "uvdp": 4}[head.features]
-            self.classifier = classifier(k * width, spec.num_outputs, head)
+            size = pair_features_size(width, head.features)
+            self.classifier = classifier(size, spec.num_outputs, head)
 
     def embed_pair(self, encoder: BertModel, batch: Batch) -> tuple[Tensor, Tensor]:
         a, b = batch.segments
@@ -128,6 +139,11 @@ class BiEncoderHead(nn.Module):
 
     def forward(self, encoder: BertModel, batch: Batch) -> Tensor:
         return self.compare(*self.embed_pair(encoder, batch))
+
+    def forward_embedded(self, encoder: BertModel, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """The outputs and the two sentence embeddings (B, H) they came from."""
+        u, v = self.embed_pair(encoder, batch)
+        return self.compare(u, v), u, v
 
     def compare(self, u: Tensor, v: Tensor) -> Tensor:
         """The head's output from the two sentence embeddings (B, H) of each pair."""

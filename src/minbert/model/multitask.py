@@ -9,7 +9,7 @@ from minbert.config import Config
 from minbert.data.batching import Batch
 from minbert.data.tasks import TASKS
 from minbert.model.bert import BertModel
-from minbert.model.heads import build_head
+from minbert.model.heads import BiEncoderHead, build_head
 
 
 class MultiTaskModel(nn.Module):
@@ -31,6 +31,13 @@ class MultiTaskModel(nn.Module):
         if task not in self.heads:
             raise KeyError(f"this model has no head for task {task!r}; it has {self.tasks}")
         return self.heads[task](self.encoder, batch)
+
+    def forward_embedded(self, task: str, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """A bi-encoded pair task's outputs and sentence embeddings (u, v), each (B, H)."""
+        head = self.heads[task]
+        if not isinstance(head, BiEncoderHead):
+            raise TypeError(f"task {task!r} is not bi-encoded: its head has no sentence embeddings")
+        return head.forward_embedded(self.encoder, batch)
 
     def training_targets(self, task: str, labels: Tensor) -> Tensor:
         """Labels in the space the head is trained in (scores mapped to [0, 1] if normalised)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -16,3 +17,23 @@ def task_loss(spec: TaskSpec, outputs: Tensor, targets: Tensor) -> Tensor:
     if spec.label_kind == "binary":
         return F.binary_cross_entropy_with_logits(outputs, targets.float())
     return F.mse_loss(outputs, targets.float())
+
+
+def in_batch_contrastive(u: Tensor, v: Tensor, labels: Tensor, scale: float) -> Tensor:
+    """Multiple-negatives ranking loss (Henderson et al. 2017) on the positive pairs of a batch.
+
+    Each positive pair's first embedding must pick its own partner among all the batch's
+    second embeddings (the negatives' included: they are hard negatives), and the other way
+    round; cross-entropy over ``scale * cos``. This is the loss all-MiniLM-L6-v2 was trained
+    with, so it keeps the embedding geometry the bi-encoder heads start from. 0 when the batch
+    has no positive pair.
+    """
+    positive = labels > 0.5  # (B,)
+    if not positive.any():
+        return u.new_zeros((), dtype=torch.float32)
+    u = F.normalize(u.float(), dim=-1)
+    v = F.normalize(v.float(), dim=-1)
+    target = positive.nonzero().squeeze(-1)  # (P,) row of each positive pair
+    forward = scale * u[positive] @ v.T  # (P, B)
+    backward = scale * v[positive] @ u.T  # (P, B)
+    return (F.cross_entropy(forward, target) + F.cross_entropy(backward, target)) / 2

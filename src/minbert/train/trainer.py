@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,8 +37,9 @@ from minbert.train.conflicts import (
     probe_batch,
 )
 from minbert.train.device import MIB, autocast, process_peak_rss_mib, resolve_device, use_bf16
+from minbert.train.ema import WeightAverage
 from minbert.train.gradients import flat_gradient
-from minbert.train.losses import task_loss
+from minbert.train.losses import in_batch_contrastive, task_loss
 from minbert.train.optim import AdamW, parameter_groups, warmup_schedule
 from minbert.train.smart import Smart
 from minbert.train.state import (
@@ -163,6 +165,8 @@ class Trainer:
         )
         self.strategy = build_strategy(config.train.strategy, config.train, self.model)
         self.smart = Smart(config.train.smart, self.model) if config.train.smart.enabled else None
+        decay = config.train.ema_decay
+        self.average = WeightAverage(self.model, decay) if decay else None
         self.state = RunState()
         self._stop_signal: int | None = None
         if resume:
@@ -206,6 +210,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "strategy": self.strategy.state_dict(),
             "smart": self.smart.state_dict() if self.smart else {},
+            "average": self.average.state_dict() if self.average else {},
             "streams": {t: s.state_dict() for t, s in self.streams.items()},
             "rng": rng_state(),
         }
@@ -217,6 +222,8 @@ class Trainer:
         self.strategy.load_state_dict(state["strategy"])
         if self.smart is not None:
             self.smart.load_state_dict(state.get("smart", {}))
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
         for task, stream in state["streams"].items():
             self.streams[task].load_state_dict(stream)
         self.state = RunState(**state["run"])
@@ -272,12 +279,12 @@ class Trainer:
             batch = self.streams[task].take(size).to(self.device)
             with autocast(self.device, self.bf16):
                 if self.smart is None:
-                    outputs = self.model(task, batch)
+                    outputs, extra = self._forward(task, batch)
                 else:
-                    outputs, smart_term = self.smart.forward(self.model, task, batch)
+                    outputs, extra = self.smart.forward(self.model, task, batch)
             targets = self.model.training_targets(task, batch.labels)
             losses[task] = task_loss(TASKS[task], outputs, targets)
-            objectives[task] = losses[task] if self.smart is None else losses[task] + smart_term
+            objectives[task] = losses[task] if extra is None else losses[task] + extra
             sizes[task] = len(batch)
         bad = [t for t, loss in objectives.items() if not torch.isfinite(loss)]
         if bad:
@@ -297,6 +304,8 @@ class Trainer:
         self.optimizer.step()
         if self.smart is not None:
             self.smart.after_step(self.model)
+        if self.average is not None:
+            self.average.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
@@ -305,6 +314,15 @@ class Trainer:
         if conflicts is not None:
             log_conflicts(self.state.step_log, self.state.step, conflicts)
         return {t: loss.item() for t, loss in losses.items()}, sizes
+
+    def _forward(self, task: str, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head's outputs, and the auxiliary loss its config adds (None when none)."""
+        head = self.config.head(task)
+        if not head.contrastive:
+            return self.model(task, batch), None
+        outputs, u, v = self.model.forward_embedded(task, batch)
+        term = in_batch_contrastive(u, v, batch.labels, head.contrastive_scale)
+        return outputs, head.contrastive * term
 
     def _measure_conflicts(self, losses: dict[str, torch.Tensor]) -> dict:
         """Cosines and norms of every task's gradient on the shared parameters (conflicts.py).
@@ -430,9 +448,10 @@ class Trainer:
         cfg = self.config.train
         st = self.state
         eval_start = time.perf_counter()
-        dev, _ = evaluate(
-            self.model, self.dev_data, cfg.eval_batch_size, self.device, self.bf16, cfg.progress
-        )
+        with self._evaluated_weights():
+            dev, _ = evaluate(
+                self.model, self.dev_data, cfg.eval_batch_size, self.device, self.bf16, cfg.progress
+            )
         st.elapsed_seconds += time.perf_counter() - eval_start
         record = {
             "epoch": epoch,
@@ -461,20 +480,25 @@ class Trainer:
         if "conflicts" in record:
             log.info("epoch %d: conflict rate %s", epoch, record["conflicts"]["conflict_rate"])
         if dev["overall_leaderboard"] > st.best_score:
-            self._check_finite_weights()
             st.best_score, st.best_epoch = dev["overall_leaderboard"], epoch
-            save_model_dir(
-                self.model,
-                self.tokenizer,
-                self.config,
-                self.out / "best",
-                {"epoch": epoch, "step": st.step, "dev": dev},
-            )
+            with self._evaluated_weights():
+                self._check_finite_weights()
+                save_model_dir(
+                    self.model,
+                    self.tokenizer,
+                    self.config,
+                    self.out / "best",
+                    {"epoch": epoch, "step": st.step, "dev": dev},
+                )
         st.epoch, st.step_in_epoch = epoch + 1, 0
         st.loss_sum, st.loss_count, st.seen = {}, {}, {}
         st.step_log = {}
         st.epoch_train_seconds = 0.0
         self.save_checkpoint()
+
+    def _evaluated_weights(self):
+        """The weights that are scored and saved: the average when ``train.ema_decay`` is on."""
+        return self.average.swapped_in() if self.average is not None else nullcontext()
 
     def finish(self, train_wall: float) -> dict:
         """Reload the best model, score dev, write dev and test predictions."""
