@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from minbert.data.tasks import TASKS
-from minbert.eval.metrics import accuracy, overall_scores, pearson
+from minbert.eval.metrics import accuracy, best_threshold, overall_scores, pearson
 from minbert.train.losses import task_loss
 
 
@@ -46,3 +46,24 @@ def test_losses_match_torch():
     )
     score, target = torch.rand(6), torch.rand(6)
     assert task_loss(TASKS["sts"], score, target) == pytest.approx(F.mse_loss(score, target).item())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_best_threshold_against_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    logits = np.round(rng.normal(size=n), 1)  # rounding makes ties
+    labels = (rng.random(n) < 1 / (1 + np.exp(-2 * logits))).astype(float)
+    threshold, acc = best_threshold(logits, labels)
+    assert acc == pytest.approx(np.mean((logits > threshold) == labels))
+    cuts = np.concatenate([[logits.max() + 1], (np.sort(logits)[:-1] + np.sort(logits)[1:]) / 2])
+    cuts = np.concatenate([cuts, [logits.min() - 1]])
+    assert acc == pytest.approx(max(np.mean((logits > c) == labels) for c in cuts))
+
+
+def test_best_threshold_separates_and_rejects_bad_shapes():
+    threshold, acc = best_threshold(np.array([-3.0, -1.0, 2.0, 4.0]), np.array([0, 0, 1, 1]))
+    assert acc == 1.0 and -1.0 < threshold < 2.0
+    assert best_threshold(np.array([1.0, 2.0]), np.array([0.0, 0.0]))[1] == 1.0
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        best_threshold(np.array([]), np.array([]))

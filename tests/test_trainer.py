@@ -115,3 +115,39 @@ def test_contrastive_term_is_added_to_the_pair_task_objective(tiny_setup, tmp_pa
     assert seen, "the contrastive loss was never computed"
     assert {s[3] for s in seen} == {5.0}
     assert all(u == v and u[0] == labels[0] for u, v, labels, _ in seen)  # (B, H) pairs
+
+
+def test_calibrated_threshold_comes_from_held_out_rows(tiny_setup, tmp_path):
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from minbert.eval.evaluate import predict
+    from minbert.train.checkpoint import load_model_dir
+
+    config = run_config(tiny_setup, "heads.quora.calibrate=0.25", "train.epochs=1")
+    trainer = Trainer(config, tmp_path / "run")
+    assert len(trainer.heldout["quora"]) == 10 and len(trainer.train_data["quora"]) == 30
+    held = set(trainer.heldout["quora"].ids)
+    assert not held & set(trainer.train_data["quora"].ids)  # never trained on
+    trainer.run()
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    found = record["calibration"]["quora"]
+    assert found["heldout_rows"] == 10
+    assert found["heldout_accuracy"] >= found["heldout_accuracy_at_0"]
+    saved = load_file(tmp_path / "run" / "best" / "model.safetensors")["heads.quora.threshold"]
+    assert saved.item() == pytest.approx(found["threshold"], abs=1e-4)
+    # The saved model predicts 1 exactly where its raw logit is above the threshold.
+    model, _, _ = load_model_dir(tmp_path / "run")
+    dev = trainer.dev_data["quora"]
+    shifted = predict(model, dev)
+    raw = shifted.outputs + saved.item()
+    assert np.array_equal(shifted.values, (raw > saved.item()).astype(np.int64))
+    written = (tmp_path / "run" / "predictions" / "quora-dev.csv").read_text().splitlines()[1:]
+    assert [int(line.split(",")[1]) for line in written] == shifted.values.tolist()
+
+
+def test_calibration_needs_a_binary_task():
+    from minbert.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="heads.sst.calibrate: only binary tasks"):
+        load_config(None, ["heads.sst.calibrate=0.1"])

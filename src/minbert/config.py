@@ -65,6 +65,14 @@ class HeadConfig:
     swap: bool = _field(
         False, "bi-encoded pair tasks: train on (a, b) or (b, a) at random (symmetric relations)"
     )
+    calibrate: float = _field(
+        0.0,
+        "binary tasks: hold out this fraction of the training rows (never trained on) and "
+        "after each epoch set the decision threshold to the one most accurate on them "
+        "(0: the threshold stays at p = 0.5)",
+        min=0.0,
+        max=0.5,
+    )
     contrastive: float = _field(
         0.0,
         "bi-encoded binary pair tasks: weight of an in-batch contrastive loss on the positive "
@@ -257,6 +265,10 @@ class Config:
                 raise ConfigError(
                     f"heads.{task}.kind: 'cosine' needs a bi-encoded pair task "
                     f"(set heads.{task}.encoding = 'bi')"
+                )
+            if head.calibrate and spec.label_kind != "binary":
+                raise ConfigError(
+                    f"heads.{task}.calibrate: only binary tasks have a decision threshold"
                 )
             if head.contrastive and not (
                 spec.is_pair and head.encoding == "bi" and spec.label_kind == "binary"

@@ -67,6 +67,19 @@ class EncodedTask:
         """Longest part of each row: what its batch will be padded to."""
         return np.max([[len(s) for s in part] for part in self.sequences], axis=0)
 
+    def subset(self, rows: np.ndarray, split: str) -> EncodedTask:
+        """The given rows (in that order) as a task of their own, named ``split``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return EncodedTask(
+            task=self.task,
+            split=split,
+            ids=[self.ids[r] for r in rows],
+            sequences=[[part[r] for r in rows] for part in self.sequences],
+            type_ids=[[part[r] for r in rows] for part in self.type_ids],
+            labels=None if self.labels is None else self.labels[rows],
+            truncated=self.truncated,
+        )
+
     def batch(self, rows: np.ndarray, pad_id: int = 0) -> Batch:
         segments = [
             pad_sequences([ids[r] for r in rows], [types[r] for r in rows], pad_id)
@@ -74,6 +87,16 @@ class EncodedTask:
         ]
         labels = None if self.labels is None else torch.from_numpy(self.labels[rows])
         return Batch(segments, labels, rows)
+
+
+def hold_out(data: EncodedTask, fraction: float, seed: int) -> tuple[EncodedTask, EncodedTask]:
+    """A seeded random ``fraction`` of the rows split off (as split ``heldout``) from the rest,
+    each part in file order."""
+    rng = np.random.default_rng([seed, *data.task.encode(), *b"heldout"])
+    count = min(len(data) - 1, max(1, round(fraction * len(data))))
+    held = np.sort(rng.permutation(len(data))[:count])
+    kept = np.setdiff1d(np.arange(len(data)), held)
+    return data.subset(kept, data.split), data.subset(held, "heldout")
 
 
 def encode_task(

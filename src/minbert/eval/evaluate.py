@@ -20,10 +20,12 @@ from minbert.train.device import autocast
 
 @dataclass
 class Predictions:
-    """Per-row predictions (class ids, 0/1 or scores) and the raw head outputs behind them."""
+    """Per-row predictions (class ids, 0/1 or scores) and the head outputs behind them."""
 
     values: np.ndarray  # (N,)
-    outputs: np.ndarray  # (N, classes) logits, or (N,) binary logits / scores in training space
+    # (N, classes) logits, or (N,) binary logits less the calibrated threshold (if any), or
+    # scores in training space
+    outputs: np.ndarray
 
 
 @torch.inference_mode()
@@ -48,7 +50,10 @@ def predict(
         batches = _bi_encoded_outputs(model, head, data, batch_size, device, bf16, progress)
     else:
         batches = _outputs(model, data, batch_size, device, bf16, progress)
+    threshold = model.threshold(data.task)
     for rows, out in batches:
+        if threshold is not None:
+            out = out - threshold  # a calibrated logit: its sign is the prediction
         values[rows] = model.predictions(data.task, out).cpu().numpy()
         outputs[rows] = out.float().cpu().numpy()
     model.train(was_training)

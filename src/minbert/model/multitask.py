@@ -23,6 +23,11 @@ class MultiTaskModel(nn.Module):
                 for t in self.tasks
             }
         )
+        for t in self.tasks:
+            if config.head(t).calibrate:
+                # The logit above which the task predicts 1; set by calibration on held-out
+                # training rows (trainer.py), saved with the weights.
+                self.heads[t].register_buffer("threshold", torch.zeros(()))
         self.normalise = {
             t: config.head(t).normalise or config.head(t).kind == "cosine" for t in self.tasks
         }
@@ -38,6 +43,10 @@ class MultiTaskModel(nn.Module):
         if not isinstance(head, BiEncoderHead):
             raise TypeError(f"task {task!r} is not bi-encoded: its head has no sentence embeddings")
         return head.forward_embedded(self.encoder, batch)
+
+    def threshold(self, task: str) -> Tensor | None:
+        """A calibrated binary task's decision threshold on its logit (None: 0, p = 0.5)."""
+        return getattr(self.heads[task], "threshold", None)
 
     def training_targets(self, task: str, labels: Tensor) -> Tensor:
         """Labels in the space the head is trained in (scores mapped to [0, 1] if normalised)."""

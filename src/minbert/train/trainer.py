@@ -19,11 +19,12 @@ import torch
 from tqdm.auto import tqdm
 
 from minbert.config import Config
-from minbert.data.batching import EncodedTask, TaskStream, encode_task
+from minbert.data.batching import EncodedTask, TaskStream, encode_task, hold_out
 from minbert.data.io import read_task_file, write_predictions
 from minbert.data.schedules import plan_epoch, planned_examples
 from minbert.data.tasks import TASKS
-from minbert.eval.evaluate import evaluate
+from minbert.eval.evaluate import evaluate, predict
+from minbert.eval.metrics import accuracy, best_threshold
 from minbert.eval.report import write_report
 from minbert.model.loading import load_pretrained
 from minbert.model.multitask import MultiTaskModel
@@ -128,6 +129,19 @@ class Trainer:
         self.tasks = list(config.train.tasks)
         self.train_data = {t: load_split(config, t, "train", self.tokenizer) for t in self.tasks}
         self.dev_data = {t: load_split(config, t, "dev", self.tokenizer) for t in self.tasks}
+        self.heldout = {}  # training rows kept out of training to calibrate a task's threshold
+        for t in self.tasks:
+            if config.head(t).calibrate:
+                self.train_data[t], self.heldout[t] = hold_out(
+                    self.train_data[t], config.head(t).calibrate, config.train.seed
+                )
+                log.info(
+                    "%s: %d training rows held out to calibrate the decision threshold, %d "
+                    "left to train on",
+                    t,
+                    len(self.heldout[t]),
+                    len(self.train_data[t]),
+                )
         self.model = MultiTaskModel(encoder, config).to(self.device)
         if config.model.mode == "frozen":
             self.model.encoder.requires_grad_(False)
@@ -449,6 +463,7 @@ class Trainer:
         st = self.state
         eval_start = time.perf_counter()
         with self._evaluated_weights():
+            calibration = self._calibrate()
             dev, _ = evaluate(
                 self.model, self.dev_data, cfg.eval_batch_size, self.device, self.bf16, cfg.progress
             )
@@ -467,6 +482,8 @@ class Trainer:
             **self._peak_memory(),
             **epoch_fields(st.step_log),
         }
+        if calibration:
+            record["calibration"] = calibration
         records = [*self._metrics(), record]
         write_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
         log.info(
@@ -495,6 +512,31 @@ class Trainer:
         st.step_log = {}
         st.epoch_train_seconds = 0.0
         self.save_checkpoint()
+
+    def _calibrate(self) -> dict[str, dict]:
+        """Move each calibrated task's threshold to the one most accurate on its held-out rows."""
+        found = {}
+        for task, data in self.heldout.items():
+            before = predict(
+                self.model, data, self.config.train.eval_batch_size, self.device, self.bf16
+            )
+            threshold = self.model.threshold(task)
+            at_zero = accuracy((before.outputs + threshold.item() > 0).astype(float), data.labels)
+            shift, heldout_accuracy = best_threshold(before.outputs, data.labels)
+            threshold += shift  # the outputs were already less the old threshold
+            found[task] = {
+                "threshold": round(threshold.item(), 4),
+                "heldout_rows": len(data),
+                "heldout_accuracy": round(heldout_accuracy, 4),
+                "heldout_accuracy_at_0": round(at_zero, 4),
+            }
+            log.info(
+                "%s: decision threshold %.3f (held-out accuracy %.4f)",
+                task,
+                threshold,
+                heldout_accuracy,
+            )
+        return found
 
     def _evaluated_weights(self):
         """The weights that are scored and saved: the average when ``train.ema_decay`` is on."""
