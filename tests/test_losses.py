@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minbert.config import ConfigError, load_config
-from minbert.train.losses import in_batch_contrastive
+from minbert.train.losses import cosent, in_batch_contrastive
 
 
 def _reference(u, v, labels, scale):
@@ -48,3 +48,26 @@ def test_contrastive_needs_a_bi_encoded_binary_task():
         load_config(None, ["heads.quora.encoding=cross", "heads.quora.contrastive=0.5"])
     with pytest.raises(ConfigError, match="heads.sts.contrastive: needs a bi-encoded binary"):
         load_config(None, ["heads.sts.encoding=bi", "heads.sts.contrastive=0.5"])
+
+
+def test_cosent_matches_the_pairwise_definition():
+    torch.manual_seed(1)
+    scores, targets = (
+        torch.rand(7, dtype=torch.float64),
+        torch.tensor([0.1, 0.5, 0.5, 0.9, 0, 1, 0.3]),
+    )
+    total = 1.0
+    for i in range(7):
+        for j in range(7):
+            if targets[i] > targets[j]:
+                total += math.exp(20.0 * (scores[j] - scores[i]))
+    assert cosent(scores, targets, 20.0).item() == pytest.approx(math.log(total), rel=1e-6)
+    ranked = cosent(targets.clone(), targets, 20.0)  # scores in the targets' order
+    assert ranked < cosent(1 - targets, targets, 20.0)
+    assert cosent(torch.zeros(3), torch.ones(3), 20.0).item() == 0.0  # no ordered pair
+
+
+def test_cosent_needs_a_score_task():
+    load_config(None, ["heads.sts.cosent=1"])
+    with pytest.raises(ConfigError, match="heads.quora.cosent: only score tasks"):
+        load_config(None, ["heads.quora.cosent=1"])

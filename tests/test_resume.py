@@ -29,6 +29,7 @@ RUN_SETTINGS = [
     "heads.quora.encoding=bi",
     "heads.quora.swap=true",
     "heads.quora.contrastive=0.5",
+    "heads.quora.calibrate=0.2",  # the threshold is state of the model
     "train.ema_decay=0.9",  # the weight average is resumable state too
 ]
 TIMING_KEYS = {"train_seconds", "elapsed_seconds"}

@@ -144,6 +144,8 @@ def test_calibrated_threshold_comes_from_held_out_rows(tiny_setup, tmp_path):
     assert np.array_equal(shifted.values, (raw > saved.item()).astype(np.int64))
     written = (tmp_path / "run" / "predictions" / "quora-dev.csv").read_text().splitlines()[1:]
     assert [int(line.split(",")[1]) for line in written] == shifted.values.tolist()
+    summary = (tmp_path / "run" / "report" / "summary.md").read_text()
+    assert "## Decision thresholds" in summary and f"{found['threshold']:.4f}" in summary
 
 
 def test_calibration_needs_a_binary_task():
@@ -151,3 +153,19 @@ def test_calibration_needs_a_binary_task():
 
     with pytest.raises(ConfigError, match="heads.sst.calibrate: only binary tasks"):
         load_config(None, ["heads.sst.calibrate=0.1"])
+
+
+def test_cosent_term_is_added_to_the_score_task_objective(tiny_setup, tmp_path, monkeypatch):
+    from minbert.train import trainer as trainer_module
+
+    seen = []
+    real = trainer_module.cosent
+
+    def recording(scores, targets, scale):
+        seen.append((scores.shape, float(targets.max()), scale))
+        return real(scores, targets, scale)
+
+    monkeypatch.setattr(trainer_module, "cosent", recording)
+    config = run_config(tiny_setup, "heads.sts.cosent=1", "train.max_steps=15")
+    Trainer(config, tmp_path / "run").run()
+    assert seen and all(s[1] <= 1.0 and s[2] == 20.0 for s in seen)  # normalised targets

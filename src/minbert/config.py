@@ -73,6 +73,12 @@ class HeadConfig:
         min=0.0,
         max=0.5,
     )
+    cosent: float = _field(
+        0.0,
+        "score tasks: weight of a CoSENT ranking loss on the batch, added to the MSE (0: off)",
+        min=0.0,
+    )
+    cosent_scale: float = _field(20.0, "scale of the score differences in CoSENT", min=0.0)
     contrastive: float = _field(
         0.0,
         "bi-encoded binary pair tasks: weight of an in-batch contrastive loss on the positive "
@@ -270,6 +276,8 @@ class Config:
                 raise ConfigError(
                     f"heads.{task}.calibrate: only binary tasks have a decision threshold"
                 )
+            if head.cosent and spec.label_kind != "score":
+                raise ConfigError(f"heads.{task}.cosent: only score tasks are ranked")
             if head.contrastive and not (
                 spec.is_pair and head.encoding == "bi" and spec.label_kind == "binary"
             ):

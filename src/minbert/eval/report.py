@@ -554,6 +554,32 @@ def _epoch_tables(records: list[dict], tasks: list[str]) -> list[str]:
     ]
 
 
+def _calibration_table(records: list[dict]) -> list[str]:
+    logged = [r for r in records if "calibration" in r]
+    tasks = list(logged[0]["calibration"])
+    rows = []
+    for r in logged:
+        for t in tasks:
+            c = r["calibration"].get(t, {})
+            rows.append(
+                [str(r["epoch"]), t, str(c.get("heldout_rows", "–")), _num(c.get("threshold"))]
+                + [_num(c.get("heldout_accuracy_at_0")), _num(c.get("heldout_accuracy"))]
+            )
+    return [
+        "## Decision thresholds",
+        "",
+        "Calibrated binary tasks predict 1 when the logit is above a threshold chosen after "
+        "each epoch on training rows held out from training (`heads.<task>.calibrate`); the "
+        "dev metrics above use it.",
+        "",
+        _md_table(
+            ["epoch", "task", "held-out rows", "threshold", "held-out acc at 0", "held-out acc"],
+            rows,
+        ),
+        "",
+    ]
+
+
 def _conflict_table(records: list[dict]) -> list[str]:
     logged = [r for r in records if "conflicts" in r]
     pairs = list(logged[0]["conflicts"].get("conflict_rate", {}))
@@ -728,6 +754,8 @@ def write_report(run_dir: str | Path) -> Path:
         lines += _epoch_tables(records, tasks)
         plot_curves(records, tasks, out / "curves.png", best_epoch)
         figures = [("training curves", "curves.png")]
+        if any("calibration" in r for r in records):
+            lines += _calibration_table(records)
         if any("conflicts" in r for r in records):
             lines += _conflict_table(records)
             plot_conflicts(joined_step_log(records, "conflicts"), out / "conflicts.png")

@@ -37,3 +37,15 @@ def in_batch_contrastive(u: Tensor, v: Tensor, labels: Tensor, scale: float) -> 
     forward = scale * u[positive] @ v.T  # (P, B)
     backward = scale * v[positive] @ u.T  # (P, B)
     return (F.cross_entropy(forward, target) + F.cross_entropy(backward, target)) / 2
+
+
+def cosent(scores: Tensor, targets: Tensor, scale: float) -> Tensor:
+    """CoSENT ranking loss (Su 2022): ``log(1 + sum over pairs with t_i > t_j of
+    exp(scale * (s_j - s_i)))``. It only asks that a more similar pair scores higher, which
+    is what Pearson and Spearman reward, and leaves the scale of the scores to the MSE term."""
+    s = scale * scores.float().reshape(-1)
+    t = targets.float().reshape(-1)
+    wrong_way = s[None, :] - s[:, None]  # (B, B): s_j - s_i
+    ordered = t[:, None] > t[None, :]  # (B, B): t_i > t_j
+    terms = torch.cat([s.new_zeros(1), wrong_way[ordered]])
+    return torch.logsumexp(terms, dim=0)

@@ -40,7 +40,7 @@ from minbert.train.conflicts import (
 from minbert.train.device import MIB, autocast, process_peak_rss_mib, resolve_device, use_bf16
 from minbert.train.ema import WeightAverage
 from minbert.train.gradients import flat_gradient
-from minbert.train.losses import in_batch_contrastive, task_loss
+from minbert.train.losses import cosent, in_batch_contrastive, task_loss
 from minbert.train.optim import AdamW, parameter_groups, warmup_schedule
 from minbert.train.smart import Smart
 from minbert.train.state import (
@@ -299,6 +299,10 @@ class Trainer:
             targets = self.model.training_targets(task, batch.labels)
             losses[task] = task_loss(TASKS[task], outputs, targets)
             objectives[task] = losses[task] if extra is None else losses[task] + extra
+            if self.config.head(task).cosent:
+                head = self.config.head(task)
+                ranking = cosent(outputs, targets, head.cosent_scale)
+                objectives[task] = objectives[task] + head.cosent * ranking
             sizes[task] = len(batch)
         bad = [t for t, loss in objectives.items() if not torch.isfinite(loss)]
         if bad:
