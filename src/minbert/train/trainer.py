@@ -299,8 +299,8 @@ class Trainer:
             targets = self.model.training_targets(task, batch.labels)
             losses[task] = task_loss(TASKS[task], outputs, targets)
             objectives[task] = losses[task] if extra is None else losses[task] + extra
-            if self.config.head(task).cosent:
-                head = self.config.head(task)
+            head = self.config.head(task)
+            if head.cosent:
                 ranking = cosent(outputs, targets, head.cosent_scale)
                 objectives[task] = objectives[task] + head.cosent * ranking
             sizes[task] = len(batch)
