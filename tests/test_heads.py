@@ -6,6 +6,7 @@ from minbert.config import ConfigError, load_config
 from minbert.data.batching import encode_task
 from minbert.data.io import TaskData
 from minbert.data.tasks import TASKS
+from minbert.eval.evaluate import predict
 from minbert.model.heads import pair_features, pool
 from minbert.model.multitask import MultiTaskModel
 from minbert.train.losses import task_loss
@@ -149,3 +150,54 @@ def test_swap_shows_both_orders_in_training_only(tiny_model, tiny_tokenizer):
 def test_swap_needs_a_bi_encoded_pair_task():
     with pytest.raises(ConfigError, match="heads.sst.swap"):
         load_config(None, ["heads.sst.swap=true"])
+
+
+@pytest.mark.parametrize(
+    "task, head, data",
+    [
+        ("sst", ["pooling=cls"], (SENTENCES, [0, 4, 2])),
+        ("sts", ["encoding=bi", "kind=cosine", "pooling=mean"], (PAIRS, [1.0, 2.5, 4.0])),
+    ],
+)
+def test_own_layers_start_as_the_shared_ones_and_only_the_task_trains_them(
+    tiny_model, tiny_tokenizer, task, head, data
+):
+    options = [f"heads.{task}.{h}" for h in head]
+    shared = MultiTaskModel(tiny_model, load_config(None, options), [task]).eval()
+    config = load_config(None, [*options, f"heads.{task}.own_layers=1"])
+    model = MultiTaskModel(tiny_model, config, [task]).eval()
+    encoded = encode_task(_data(task, *data), tiny_tokenizer, 32, bi_encode=TASKS[task].is_pair)
+    batch = encoded.batch(np.arange(3))
+    own = model.heads[task].own_layers
+    assert len(own) == 1 and own[0] is not tiny_model.encoder.layer[-1]
+    # At the start the task's path is the pretrained encoder's.
+    shared.heads[task].load_state_dict(
+        {k: v for k, v in model.heads[task].state_dict().items() if "own_layers" not in k}
+    )
+    torch.testing.assert_close(model(task, batch), shared(task, batch))
+    with torch.no_grad():  # make the copy differ: evaluation must read it too
+        own[0].output.dense.weight.mul_(2.0)
+    outputs = model(task, batch)
+    assert not torch.allclose(outputs, shared(task, batch))
+    evaluated = predict(model, encoded).outputs
+    np.testing.assert_allclose(evaluated, outputs.detach().numpy(), rtol=1e-4, atol=1e-5)
+    targets = model.training_targets(task, batch.labels)
+    task_loss(TASKS[task], model(task, batch), targets).backward()
+    assert all(p.grad is None for p in tiny_model.encoder.layer[-1].parameters())
+    assert all(p.grad is not None for p in tiny_model.encoder.layer[0].parameters())
+    assert all(p.grad is not None for p in own.parameters())
+    # The copies train at the encoder's learning rate, not train.head_lr.
+    names = [n for n, _ in model.named_parameters() if ".own_layers." in n]
+    assert names and not any(MultiTaskModel.is_head_parameter(n) for n in names)
+
+
+def test_own_layers_beyond_the_encoder_are_a_clear_error(tiny_model):
+    config = load_config(None, ["heads.sst.own_layers=3"])
+    with pytest.raises(ValueError, match=r"heads.sst.own_layers: 3 is more than .* 2 layers"):
+        MultiTaskModel(tiny_model, config, ["sst"])
+
+
+def test_head_parameters_are_the_heads_own():
+    assert MultiTaskModel.is_head_parameter("heads.sst.classifier.0.weight")
+    assert not MultiTaskModel.is_head_parameter("heads.sst.own_layers.0.output.dense.weight")
+    assert not MultiTaskModel.is_head_parameter("encoder.layer.0.output.dense.weight")

@@ -31,6 +31,7 @@ RUN_SETTINGS = [
     "heads.quora.contrastive=0.5",
     "heads.quora.calibrate=0.2",  # the threshold is state of the model
     "train.ema_decay=0.9",  # the weight average is resumable state too
+    "heads.sts.own_layers=1",  # a task's own copy of the top layer is saved and resumed
 ]
 TIMING_KEYS = {"train_seconds", "elapsed_seconds"}
 

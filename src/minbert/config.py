@@ -88,6 +88,13 @@ class HeadConfig:
     contrastive_scale: float = _field(
         20.0, "temperature inverse of the contrastive loss: logits are scale * cos", min=0.0
     )
+    own_layers: int = _field(
+        0,
+        "this task reads its own copy of the encoder's top N layers (starting from the "
+        "pretrained ones, trained by this task alone, at the encoder's learning rate) in place "
+        "of the shared ones (0: every layer shared)",
+        min=0,
+    )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from minbert.data.batching import EncodedTask, eval_batches, pad_sequences
 from minbert.data.tasks import TASKS
 from minbert.eval.metrics import METRICS, overall_scores
-from minbert.model.heads import BiEncoderHead, encode
+from minbert.model.heads import BiEncoderHead
 from minbert.model.multitask import MultiTaskModel
 from minbert.train.device import autocast
 
@@ -103,7 +103,7 @@ def _bi_encoded_outputs(
         ids = [distinct[i] for i in rows]
         segment = pad_sequences(ids, [np.zeros_like(x) for x in ids]).to(device)
         with autocast(device, bf16):
-            pooled = encode(model.encoder, segment, head.pooling)
+            pooled = head.embed(model.encoder, segment)
         if table is None:
             table = pooled.new_empty(len(distinct), pooled.shape[-1])
         table[torch.from_numpy(rows).to(device)] = pooled

@@ -333,12 +333,21 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config, impl) for _ in range(config.num_hidden_layers))
 
     def forward(
-        self, hidden: Tensor, keep: Tensor, first_only: bool = False, packing: Packing | None = None
+        self,
+        hidden: Tensor,
+        keep: Tensor,
+        first_only: bool = False,
+        packing: Packing | None = None,
+        top: nn.ModuleList | None = None,
     ) -> Tensor:
         """``first_only``: the last layer computes the first position alone (see BertModel).
-        ``packing``: the states are packed real tokens (see Packing)."""
-        last = len(self.layer) - 1
-        for i, layer in enumerate(self.layer):
+        ``packing``: the states are packed real tokens (see Packing). ``top``: layers that
+        replace the last ``len(top)`` of this encoder (a task's own layers)."""
+        layers = list(self.layer)
+        if top is not None and len(top):
+            layers = layers[: len(layers) - len(top)] + list(top)
+        last = len(layers) - 1
+        for i, layer in enumerate(layers):
             hidden = layer(hidden, keep, first_only and i == last, packing)
         return hidden
 
@@ -396,6 +405,7 @@ class BertModel(nn.Module):
         attention_mask: Tensor,
         token_type_ids: Tensor | None = None,
         first_token_only: bool = False,
+        top: nn.ModuleList | None = None,
     ) -> EncoderOutput:
         """``first_token_only``: return the [CLS] state alone, ``last_hidden_state`` (B, 1, H),
         which is all a ``cls`` or ``pooler`` head reads. The last layer then computes queries,
@@ -405,7 +415,10 @@ class BertModel(nn.Module):
 
         A batch with padding runs packed (``Packing``): every layer's per-token work on its
         real tokens alone (and a few padding positions). Padding positions of ``last_hidden_state``
-        are then zeros."""
+        are then zeros.
+
+        ``top``: layers run in place of the encoder's last ``len(top)`` ones (a task's own
+        top layers, ``heads.<task>.own_layers``)."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         real = attention_mask.bool()  # (B, T)
@@ -414,7 +427,7 @@ class BertModel(nn.Module):
         if self.pack_tokens and not real.all() and real[:, 0].all():
             packing = Packing.of(real)
             hidden = packing.pack(hidden)  # (m, H)
-        hidden = self.encoder(hidden, real[:, None, None, :], first_token_only, packing)
+        hidden = self.encoder(hidden, real[:, None, None, :], first_token_only, packing, top)
         if packing is not None and not first_token_only:
             hidden = packing.pad(hidden, real_only=True)
         return EncoderOutput(last_hidden_state=hidden, pooler_output=self.pooler(hidden))

@@ -6,6 +6,8 @@ class logits, a binary logit, or a score in the model's training space.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -57,11 +59,30 @@ def classifier(in_dim: int, out_dim: int, head: HeadConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def encode(encoder: BertModel, segment: Segment, how: str) -> Tensor:
+def encode(
+    encoder: BertModel, segment: Segment, how: str, top: nn.ModuleList | None = None
+) -> Tensor:
+    """Pooled vectors (B, H') of a segment; ``top``: the task's own top layers, if any."""
     # cls and pooler read the [CLS] state alone: the encoder's last layer can skip the rest.
     first_only = encoder.first_token_shortcut and how in ("cls", "pooler")
-    out = encoder(*segment.as_tuple(), first_token_only=first_only)
+    out = encoder(*segment.as_tuple(), first_token_only=first_only, top=top)
     return pool(out.last_hidden_state, segment.attention_mask, out.pooler_output, how)
+
+
+def own_layers(encoder: BertModel, count: int, task: str) -> nn.ModuleList | None:
+    """Copies of the encoder's top ``count`` layers, for one task alone (None when 0).
+
+    The copies start from the shared layers' current (pretrained) weights, so the task's
+    path through the model is the pretrained encoder at the start; from then on only that
+    task's loss trains them, and the other tasks' gradients never reach them."""
+    total = len(encoder.encoder.layer)
+    if count > total:
+        raise ValueError(
+            f"heads.{task}.own_layers: {count} is more than the encoder's {total} layers"
+        )
+    if not count:
+        return None
+    return nn.ModuleList(copy.deepcopy(layer) for layer in encoder.encoder.layer[total - count :])
 
 
 PAIR_FEATURE_WIDTH = {"uv": 2, "uvd": 3, "uvdp": 4, "uvdpc": 4}  # in units of H (+1 for c)
@@ -87,15 +108,17 @@ def pair_features_size(width: int, features: str) -> int:
 class SequenceHead(nn.Module):
     """One sequence per example: a single sentence, or a cross-encoded pair."""
 
-    def __init__(self, spec: TaskSpec, head: HeadConfig, hidden_size: int):
+    def __init__(self, spec: TaskSpec, head: HeadConfig, encoder: BertModel):
         super().__init__()
         self.pooling = head.pooling
-        self.classifier = classifier(pooled_size(hidden_size, head.pooling), spec.num_outputs, head)
+        self.own_layers = own_layers(encoder, head.own_layers, spec.name)
+        width = pooled_size(encoder.config.hidden_size, head.pooling)
+        self.classifier = classifier(width, spec.num_outputs, head)
         self.squeeze = spec.num_outputs == 1
 
     def forward(self, encoder: BertModel, batch: Batch) -> Tensor:
         (segment,) = batch.segments
-        out = self.classifier(encode(encoder, segment, self.pooling))
+        out = self.classifier(encode(encoder, segment, self.pooling, self.own_layers))
         return out.squeeze(-1) if self.squeeze else out
 
 
@@ -109,13 +132,14 @@ class BiEncoderHead(nn.Module):
     learned scale and bias.
     """
 
-    def __init__(self, spec: TaskSpec, head: HeadConfig, hidden_size: int):
+    def __init__(self, spec: TaskSpec, head: HeadConfig, encoder: BertModel):
         super().__init__()
         self.pooling = head.pooling
         self.kind = head.kind
         self.features = head.features
         self.swap = head.swap
-        width = pooled_size(hidden_size, head.pooling)
+        self.own_layers = own_layers(encoder, head.own_layers, spec.name)
+        width = pooled_size(encoder.config.hidden_size, head.pooling)
         if head.kind == "cosine":
             self.binary = spec.label_kind == "binary"
             if self.binary:
@@ -134,8 +158,11 @@ class BiEncoderHead(nn.Module):
                 for x, y in zip(a.as_tuple(), b.as_tuple(), strict=True)
             )
         )
-        pooled = encode(encoder, both, self.pooling)  # (2B, H)
-        return pooled.chunk(2)
+        return self.embed(encoder, both).chunk(2)  # 2 x (B, H)
+
+    def embed(self, encoder: BertModel, segment: Segment) -> Tensor:
+        """Sentence embeddings (B, H) of single sentences, as this head pools them."""
+        return encode(encoder, segment, self.pooling, self.own_layers)
 
     def forward(self, encoder: BertModel, batch: Batch) -> Tensor:
         return self.compare(*self.embed_pair(encoder, batch))
@@ -161,7 +188,9 @@ def _pad_to(x: Tensor, width: int) -> Tensor:
     return F.pad(x, (0, width - x.shape[1]))  # pads with 0: [PAD], mask 0, segment 0
 
 
-def build_head(spec: TaskSpec, head: HeadConfig, hidden_size: int) -> nn.Module:
+def build_head(spec: TaskSpec, head: HeadConfig, encoder: BertModel) -> nn.Module:
+    """The task's head; ``heads.<task>.own_layers`` copies the encoder's top layers as they
+    are now, so build heads after loading the pretrained weights."""
     if spec.is_pair and head.encoding == "bi":
-        return BiEncoderHead(spec, head, hidden_size)
-    return SequenceHead(spec, head, hidden_size)
+        return BiEncoderHead(spec, head, encoder)
+    return SequenceHead(spec, head, encoder)

@@ -18,10 +18,7 @@ class MultiTaskModel(nn.Module):
         self.encoder = encoder
         self.tasks = list(tasks or config.train.tasks)
         self.heads = nn.ModuleDict(
-            {
-                t: build_head(TASKS[t], config.head(t), encoder.config.hidden_size)
-                for t in self.tasks
-            }
+            {t: build_head(TASKS[t], config.head(t), encoder) for t in self.tasks}
         )
         for t in self.tasks:
             if config.head(t).calibrate:
@@ -69,6 +66,12 @@ class MultiTaskModel(nn.Module):
         if self.normalise[task]:
             scores = low + scores * (high - low)
         return scores.clamp(low, high)
+
+    @staticmethod
+    def is_head_parameter(name: str) -> bool:
+        """Parameters trained at ``train.head_lr``: the heads' own, except a task's own
+        copies of encoder layers, which keep the encoder's learning rate."""
+        return name.startswith("heads.") and ".own_layers." not in name
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.encoder.parameters() if p.requires_grad]

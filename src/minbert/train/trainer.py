@@ -161,7 +161,7 @@ class Trainer:
                 config.train.weight_decay,
                 lambda name: (
                     config.train.head_lr
-                    if config.train.head_lr and name.startswith("heads.")
+                    if config.train.head_lr and MultiTaskModel.is_head_parameter(name)
                     else None
                 ),
             ),
