@@ -193,7 +193,7 @@ def test_own_layers_start_as_the_shared_ones_and_only_the_task_trains_them(
 
 def test_own_layers_beyond_the_encoder_are_a_clear_error(tiny_model):
     config = load_config(None, ["heads.sst.own_layers=3"])
-    with pytest.raises(ValueError, match=r"heads.sst.own_layers: 3 is more than .* 2 layers"):
+    with pytest.raises(ConfigError, match=r"heads.sst.own_layers: 3 is more than .* 2 layers"):
         MultiTaskModel(tiny_model, config, ["sst"])
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minbert.config import HeadConfig
+from minbert.config import ConfigError, HeadConfig
 from minbert.data.batching import Batch, Segment
 from minbert.data.tasks import TaskSpec
 from minbert.model.bert import BertModel
@@ -77,7 +77,7 @@ def own_layers(encoder: BertModel, count: int, task: str) -> nn.ModuleList | Non
     task's loss trains them, and the other tasks' gradients never reach them."""
     total = len(encoder.encoder.layer)
     if count > total:
-        raise ValueError(
+        raise ConfigError(
             f"heads.{task}.own_layers: {count} is more than the encoder's {total} layers"
         )
     if not count:
