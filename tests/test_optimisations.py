@@ -214,9 +214,9 @@ def test_cls_and_pooler_heads_ask_for_the_first_token_alone(tiny_model, tiny_con
     seen = []
     real_forward = tiny_model.forward
 
-    def spy(*args, first_token_only=False):
+    def spy(*args, first_token_only=False, **kwargs):
         seen.append(first_token_only)
-        return real_forward(*args, first_token_only=first_token_only)
+        return real_forward(*args, first_token_only=first_token_only, **kwargs)
 
     tiny_model.forward = spy
     ids = torch.randint(5, tiny_config.vocab_size, (2, 6))
