@@ -136,7 +136,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:  # a run folder or model directory, else a pretrained model name or HF directory
         model, tokenizer, _ = load_model_dir(args.source)
         encoder = model.encoder
-        own = [t for t, head in model.heads.items() if getattr(head, "own_layers", None)]
+        own = [t for t, head in model.heads.items() if head.own_layers is not None]
         if own:
             print(
                 f"note: {', '.join(own)} read their own top layers (heads.<task>.own_layers), "

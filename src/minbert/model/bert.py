@@ -343,9 +343,7 @@ class BertEncoder(nn.Module):
         """``first_only``: the last layer computes the first position alone (see BertModel).
         ``packing``: the states are packed real tokens (see Packing). ``top``: layers that
         replace the last ``len(top)`` of this encoder (a task's own layers)."""
-        layers = list(self.layer)
-        if top is not None and len(top):
-            layers = layers[: len(layers) - len(top)] + list(top)
+        layers = [*self.layer[: len(self.layer) - len(top)], *top] if top else list(self.layer)
         last = len(layers) - 1
         for i, layer in enumerate(layers):
             hidden = layer(hidden, keep, first_only and i == last, packing)
