@@ -1,4 +1,4 @@
-"""The auxiliary contrastive loss against a plain per-row computation."""
+"""The task losses and the auxiliary ones against plain per-row computations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from minbert.config import ConfigError, load_config
-from minbert.train.losses import cosent, in_batch_contrastive
+from minbert.data.tasks import TASKS
+from minbert.train.losses import cosent, in_batch_contrastive, task_loss
 
 
 def _reference(u, v, labels, scale):
@@ -71,3 +72,23 @@ def test_cosent_needs_a_score_task():
     load_config(None, ["heads.sts.cosent=1"])
     with pytest.raises(ConfigError, match="heads.quora.cosent: only score tasks"):
         load_config(None, ["heads.quora.cosent=1"])
+
+
+def test_label_smoothing_matches_the_mixed_target_cross_entropy():
+    torch.manual_seed(2)
+    logits, targets = torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 3, 4, 1])
+    spec = TASKS["sst"]
+    log_p = torch.log_softmax(logits, -1)
+    mixed = 0.9 * torch.nn.functional.one_hot(targets, 5) + 0.1 / 5
+    expected = -(mixed * log_p).sum(-1).mean()
+    torch.testing.assert_close(task_loss(spec, logits, targets, 0.1), expected.float())
+    plain = -log_p[torch.arange(4), targets].mean()
+    torch.testing.assert_close(task_loss(spec, logits, targets), plain.float())
+
+
+def test_label_smoothing_needs_a_multi_class_task():
+    load_config(None, ["heads.sst.label_smoothing=0.1"])
+    with pytest.raises(ConfigError, match="heads.quora.label_smoothing: only multi-class"):
+        load_config(None, ["heads.quora.label_smoothing=0.1"])
+    with pytest.raises(ConfigError, match="heads.sst.label_smoothing"):
+        load_config(None, ["heads.sst.label_smoothing=0.7"])

@@ -169,3 +169,27 @@ def test_cosent_term_is_added_to_the_score_task_objective(tiny_setup, tmp_path, 
     config = run_config(tiny_setup, "heads.sts.cosent=1", "train.max_steps=15")
     Trainer(config, tmp_path / "run").run()
     assert seen and all(s[1] <= 1.0 and s[2] == 20.0 for s in seen)  # normalised targets
+
+
+def test_layer_lr_decay_gives_each_layer_its_peak_lr(tiny_setup, tmp_path):
+    config = run_config(
+        tiny_setup,
+        "train.lr=1e-4",
+        "train.head_lr=1e-3",
+        "train.layer_lr_decay=0.5",
+        "heads.sts.encoding=bi",
+        "heads.sts.kind=cosine",
+        "heads.sts.own_layers=1",
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    groups = trainer.optimizer.param_groups  # initial_lr: the peak the schedule scales
+    peak = {id(p): g["initial_lr"] for g in groups for p in g["params"]}
+    lr = {name: peak[id(p)] for name, p in trainer.model.named_parameters()}
+    # The tiny encoder has 2 layers: top 1e-4, the one below 5e-5, the embeddings 2.5e-5.
+    assert lr["encoder.encoder.layer.1.output.dense.weight"] == pytest.approx(1e-4)
+    assert lr["encoder.encoder.layer.0.output.dense.weight"] == pytest.approx(5e-5)
+    assert lr["encoder.embeddings.word_embeddings.weight"] == pytest.approx(2.5e-5)
+    assert lr["encoder.pooler.dense.weight"] == pytest.approx(1e-4)
+    # STS's own copy of the top layer decays as the top layer; heads keep head_lr.
+    assert lr["heads.sts.own_layers.0.output.dense.weight"] == pytest.approx(1e-4)
+    assert lr["heads.sst.classifier.1.weight"] == pytest.approx(1e-3)

@@ -88,6 +88,13 @@ class HeadConfig:
     contrastive_scale: float = _field(
         20.0, "temperature inverse of the contrastive loss: logits are scale * cos", min=0.0
     )
+    label_smoothing: float = _field(
+        0.0,
+        "class tasks: cross-entropy against targets that give this share of the mass to "
+        "all classes evenly (0: one-hot targets)",
+        min=0.0,
+        max=0.5,
+    )
     own_layers: int = _field(
         0,
         "this task reads its own copy of the encoder's top N layers (starting from the "
@@ -163,6 +170,14 @@ class TrainConfig:
     eval_batch_size: int = _field(128, "examples per evaluation batch", min=1)
     lr: float = _field(5e-5, "peak learning rate", min=0.0)
     head_lr: float = _field(0.0, "peak learning rate of the task heads (0: same as lr)", min=0.0)
+    layer_lr_decay: float = _field(
+        1.0,
+        "layer-wise LR decay: the top encoder layer trains at lr, each layer below at this "
+        "factor times the one above, the embeddings one factor lower still; the pooler "
+        "and heads are not decayed (1: every encoder layer at lr)",
+        min=0.1,
+        max=1.0,
+    )
     weight_decay: float = _field(0.01, "decoupled weight decay (not on biases, LayerNorm)", min=0.0)
     betas: list[float] = _field([0.9, 0.999], "AdamW betas")
     eps: float = _field(1e-8, "AdamW epsilon", min=0.0)
@@ -282,6 +297,10 @@ class Config:
             if head.calibrate and spec.label_kind != "binary":
                 raise ConfigError(
                     f"heads.{task}.calibrate: only binary tasks have a decision threshold"
+                )
+            if head.label_smoothing and spec.label_kind != "class":
+                raise ConfigError(
+                    f"heads.{task}.label_smoothing: only multi-class tasks are smoothed"
                 )
             if head.cosent and spec.label_kind != "score":
                 raise ConfigError(f"heads.{task}.cosent: only score tasks are ranked")

@@ -73,5 +73,19 @@ class MultiTaskModel(nn.Module):
         copies of encoder layers, which keep the encoder's learning rate."""
         return name.startswith("heads.") and ".own_layers." not in name
 
+    def depth_below_top(self, name: str) -> int | None:
+        """How many layers below the encoder's top layer a parameter sits: 0 for the top
+        layer, ``L`` for the embeddings, a task's own copy of a layer as that layer; None
+        for the pooler and the heads (layer-wise LR decay, ``train.layer_lr_decay``)."""
+        total = len(self.encoder.encoder.layer)
+        parts = name.split(".")
+        if name.startswith("encoder.embeddings."):
+            return total
+        if name.startswith("encoder.encoder.layer."):
+            return total - 1 - int(parts[3])
+        if name.startswith("heads.") and parts[2] == "own_layers":
+            return len(self.heads[parts[1]].own_layers) - 1 - int(parts[3])
+        return None
+
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.encoder.parameters() if p.requires_grad]

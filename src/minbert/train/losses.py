@@ -9,11 +9,14 @@ from torch import Tensor
 from minbert.data.tasks import TaskSpec
 
 
-def task_loss(spec: TaskSpec, outputs: Tensor, targets: Tensor) -> Tensor:
-    """Cross-entropy for classes, BCE with logits for binary labels, MSE for scores."""
+def task_loss(
+    spec: TaskSpec, outputs: Tensor, targets: Tensor, label_smoothing: float = 0.0
+) -> Tensor:
+    """Cross-entropy for classes (``label_smoothing`` of the target's mass spread evenly over
+    the classes, Szegedy et al. 2016), BCE with logits for binary labels, MSE for scores."""
     outputs = outputs.float()  # losses in fp32 even under bf16 autocast
     if spec.label_kind == "class":
-        return F.cross_entropy(outputs, targets.long())
+        return F.cross_entropy(outputs, targets.long(), label_smoothing=label_smoothing)
     if spec.label_kind == "binary":
         return F.binary_cross_entropy_with_logits(outputs, targets.float())
     return F.mse_loss(outputs, targets.float())

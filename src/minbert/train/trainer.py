@@ -156,15 +156,7 @@ class Trainer:
             total_steps = min(total_steps, config.train.max_steps)
         self.total_steps = total_steps
         self.optimizer = AdamW(
-            parameter_groups(
-                self.model,
-                config.train.weight_decay,
-                lambda name: (
-                    config.train.head_lr
-                    if config.train.head_lr and MultiTaskModel.is_head_parameter(name)
-                    else None
-                ),
-            ),
+            parameter_groups(self.model, config.train.weight_decay, self._peak_lr),
             lr=config.train.lr,
             betas=tuple(config.train.betas),
             eps=config.train.eps,
@@ -187,6 +179,17 @@ class Trainer:
             self._restore(load_state(recover(self.out / "last")))
 
     # -- set-up --------------------------------------------------------------------------------
+
+    def _peak_lr(self, name: str) -> float | None:
+        """A parameter's own peak LR (None: ``train.lr``): ``head_lr`` for the heads, and
+        ``lr * layer_lr_decay ** depth`` for encoder layers ``depth`` below the top."""
+        cfg = self.config.train
+        if cfg.head_lr and MultiTaskModel.is_head_parameter(name):
+            return cfg.head_lr
+        depth = self.model.depth_below_top(name)
+        if cfg.layer_lr_decay < 1 and depth:
+            return cfg.lr * cfg.layer_lr_decay**depth
+        return None
 
     def _prepare_out_dir(self, resume: bool) -> None:
         try:
@@ -297,9 +300,9 @@ class Trainer:
                 else:
                     outputs, extra = self.smart.forward(self.model, task, batch)
             targets = self.model.training_targets(task, batch.labels)
-            losses[task] = task_loss(TASKS[task], outputs, targets)
-            objectives[task] = losses[task] if extra is None else losses[task] + extra
             head = self.config.head(task)
+            losses[task] = task_loss(TASKS[task], outputs, targets, head.label_smoothing)
+            objectives[task] = losses[task] if extra is None else losses[task] + extra
             if head.cosent:
                 ranking = cosent(outputs, targets, head.cosent_scale)
                 objectives[task] = objectives[task] + head.cosent * ranking
@@ -365,7 +368,8 @@ class Trainer:
                     with autocast(self.device, self.bf16):
                         outputs = self.model(task, batch)
                     targets = self.model.training_targets(task, batch.labels)
-                    loss = task_loss(TASKS[task], outputs, targets)
+                    smoothing = self.config.head(task).label_smoothing
+                    loss = task_loss(TASKS[task], outputs, targets, smoothing)
                     grads[task] = flat_gradient(loss, shared, retain_graph=False)
         return conflict_stats({t: grads[t] for t in self.tasks})
 
