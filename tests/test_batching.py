@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 
 from minbert.data.batching import TaskStream, encode_task, eval_batches, grouped_order
 from minbert.data.io import TaskData
@@ -59,3 +60,15 @@ def test_padding_and_masks(tiny_tokenizer):
     assert seg.input_ids.shape == seg.attention_mask.shape == seg.token_type_ids.shape
     assert seg.attention_mask.sum(1).tolist() == [7, 8]
     assert seg.token_type_ids[0].tolist()[:7] == [0, 0, 0, 0, 1, 1, 1]
+
+
+def test_batch_twice_repeats_every_row_after_the_batch(tiny_tokenizer):
+    texts = [("a good film",), ("bad",)]
+    data = TaskData("sst", "train", None, ["a", "b"], texts, np.array([3, 1]), [])
+    batch = encode_task(data, tiny_tokenizer, 16, bi_encode=False).batch(np.arange(2))
+    doubled = batch.twice()
+    assert len(doubled) == 4 and doubled.rows.tolist() == [0, 1, 0, 1]
+    assert doubled.labels.tolist() == [3, 1, 3, 1]
+    for one, two in zip(batch.segments, doubled.segments, strict=True):
+        for x, y in zip(one.as_tuple(), two.as_tuple(), strict=True):
+            assert torch.equal(y, torch.cat([x, x]))

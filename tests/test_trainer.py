@@ -5,6 +5,7 @@ import json
 import pytest
 from tiny_run import run_config
 
+from minbert.config import ConfigError, load_config
 from minbert.train import strategies
 from minbert.train.trainer import Trainer
 
@@ -193,3 +194,39 @@ def test_layer_lr_decay_gives_each_layer_its_peak_lr(tiny_setup, tmp_path):
     # STS's own copy of the top layer decays as the top layer; heads keep head_lr.
     assert lr["heads.sts.own_layers.0.output.dense.weight"] == pytest.approx(1e-4)
     assert lr["heads.sst.classifier.1.weight"] == pytest.approx(1e-3)
+
+
+def test_rdrop_adds_the_two_passes_divergence(tiny_setup, tmp_path, monkeypatch):
+    seen = []
+
+    class Capture(strategies.SumStrategy):
+        def backward(self, losses, shared_params):
+            seen.append({t: loss.item() for t, loss in losses.items()})
+            return super().backward(losses, shared_params)
+
+    monkeypatch.setattr("minbert.train.trainer.build_strategy", lambda *a, **k: Capture())
+    config = run_config(tiny_setup, "train.tasks=['sst']", "heads.sst.rdrop=2.0")
+    trainer = Trainer(config, tmp_path / "run")
+    losses, sizes = trainer.train_step({"sst": 8})
+    assert sizes == {"sst": 8}  # rows of data, not rows through the model
+    # The objective is the task loss plus 2 * a divergence that dropout makes positive.
+    assert seen[0]["sst"] > losses["sst"] + 1e-6
+    summary = Trainer(config, tmp_path / "full").run()
+    metrics = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in metrics]
+    assert records[0]["examples"] == {"sst": 40} and "sst_accuracy" in summary["dev"]
+
+
+def test_rdrop_is_not_combined_with_smart_or_contrastive():
+    with pytest.raises(ConfigError, match="heads.sst.rdrop: not combined with train.smart"):
+        load_config(None, ["heads.sst.rdrop=1", "train.smart.enabled=true"])
+    with pytest.raises(ConfigError, match="heads.quora.rdrop: not combined with heads.quora"):
+        load_config(
+            None,
+            [
+                "train.tasks=['quora']",
+                "heads.quora.encoding=bi",
+                "heads.quora.contrastive=0.5",
+                "heads.quora.rdrop=1",
+            ],
+        )

@@ -95,6 +95,13 @@ class HeadConfig:
         min=0.0,
         max=0.5,
     )
+    rdrop: float = _field(
+        0.0,
+        "R-Drop (Liang et al. 2021): each training batch goes through the model twice, with "
+        "independent dropout; the loss is the mean of the two task losses plus this weight "
+        "times KL(p1 || p2) + KL(p2 || p1) (squared error for score tasks; 0: off)",
+        min=0.0,
+    )
     own_layers: int = _field(
         0,
         "this task reads its own copy of the encoder's top N layers (starting from the "
@@ -314,6 +321,13 @@ class Config:
             if head.contrastive and smart.enabled and task in self.train.tasks:
                 raise ConfigError(
                     f"heads.{task}.contrastive: not combined with train.smart.enabled"
+                )
+            if head.rdrop and smart.enabled and task in self.train.tasks:
+                raise ConfigError(f"heads.{task}.rdrop: not combined with train.smart.enabled")
+            if head.rdrop and head.contrastive:
+                raise ConfigError(
+                    f"heads.{task}.rdrop: not combined with heads.{task}.contrastive (a "
+                    "row's second copy would be one of its in-batch negatives)"
                 )
             if head.swap and not (spec.is_pair and head.encoding == "bi"):
                 raise ConfigError(

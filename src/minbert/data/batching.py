@@ -48,6 +48,12 @@ class Batch:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def twice(self) -> Batch:
+        """Every row twice: rows 0..B-1, then the same rows again (R-Drop's two passes)."""
+        segments = [Segment(*(t.repeat(2, 1) for t in s.as_tuple())) for s in self.segments]
+        labels = None if self.labels is None else self.labels.repeat(2)
+        return Batch(segments, labels, np.concatenate([self.rows, self.rows]))
+
 
 @dataclass
 class EncodedTask:

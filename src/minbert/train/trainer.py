@@ -42,7 +42,7 @@ from minbert.train.ema import WeightAverage
 from minbert.train.gradients import flat_gradient
 from minbert.train.losses import cosent, in_batch_contrastive, task_loss
 from minbert.train.optim import AdamW, parameter_groups, warmup_schedule
-from minbert.train.smart import Smart
+from minbert.train.smart import Smart, divergence
 from minbert.train.state import (
     load_state,
     recover,
@@ -293,20 +293,27 @@ class Trainer:
         objectives = {}  # what the strategy trains on: the task loss plus its SMART term
         sizes = {}
         for task, size in step_plan.items():
+            head = self.config.head(task)
             batch = self.streams[task].take(size).to(self.device)
+            sizes[task] = len(batch)
+            if head.rdrop:
+                batch = batch.twice()
             with autocast(self.device, self.bf16):
                 if self.smart is None:
                     outputs, extra = self._forward(task, batch)
                 else:
                     outputs, extra = self.smart.forward(self.model, task, batch)
             targets = self.model.training_targets(task, batch.labels)
-            head = self.config.head(task)
+            # With R-Drop this is the mean over both passes.
             losses[task] = task_loss(TASKS[task], outputs, targets, head.label_smoothing)
             objectives[task] = losses[task] if extra is None else losses[task] + extra
             if head.cosent:
                 ranking = cosent(outputs, targets, head.cosent_scale)
                 objectives[task] = objectives[task] + head.cosent * ranking
-            sizes[task] = len(batch)
+            if head.rdrop:
+                first, second = outputs.chunk(2)
+                consistency = divergence(TASKS[task].label_kind, first, second)
+                objectives[task] = objectives[task] + head.rdrop * consistency
         bad = [t for t, loss in objectives.items() if not torch.isfinite(loss)]
         if bad:
             return self._nonfinite(f"loss of {', '.join(bad)}", sizes)
