@@ -290,7 +290,7 @@ class Trainer:
         if self.config.model.mode == "frozen":
             self.model.encoder.eval()  # no dropout in a frozen encoder
         losses = {}
-        objectives = {}  # what the strategy trains on: the task loss plus its SMART term
+        objectives = {}  # what the strategy trains on: the task loss plus its auxiliary terms
         sizes = {}
         for task, size in step_plan.items():
             head = self.config.head(task)
