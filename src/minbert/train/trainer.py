@@ -304,8 +304,7 @@ class Trainer:
                 else:
                     outputs, extra = self.smart.forward(self.model, task, batch)
             targets = self.model.training_targets(task, batch.labels)
-            # With R-Drop this is the mean over both passes.
-            losses[task] = task_loss(TASKS[task], outputs, targets, head.label_smoothing)
+            losses[task] = self._task_loss(task, outputs, targets)  # R-Drop: both passes' mean
             objectives[task] = losses[task] if extra is None else losses[task] + extra
             if head.cosent:
                 ranking = cosent(outputs, targets, head.cosent_scale)
@@ -343,6 +342,9 @@ class Trainer:
             log_conflicts(self.state.step_log, self.state.step, conflicts)
         return {t: loss.item() for t, loss in losses.items()}, sizes
 
+    def _task_loss(self, task: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return task_loss(TASKS[task], outputs, targets, self.config.head(task).label_smoothing)
+
     def _forward(self, task: str, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The head's outputs, and the auxiliary loss its config adds (None when none)."""
         head = self.config.head(task)
@@ -375,8 +377,7 @@ class Trainer:
                     with autocast(self.device, self.bf16):
                         outputs = self.model(task, batch)
                     targets = self.model.training_targets(task, batch.labels)
-                    smoothing = self.config.head(task).label_smoothing
-                    loss = task_loss(TASKS[task], outputs, targets, smoothing)
+                    loss = self._task_loss(task, outputs, targets)
                     grads[task] = flat_gradient(loss, shared, retain_graph=False)
         return conflict_stats({t: grads[t] for t in self.tasks})
 
