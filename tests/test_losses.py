@@ -9,7 +9,7 @@ import torch
 
 from minbert.config import ConfigError, load_config
 from minbert.data.tasks import TASKS
-from minbert.train.losses import cosent, in_batch_contrastive, task_loss
+from minbert.train.losses import cosent, in_batch_contrastive, ordinal_targets, task_loss
 
 
 def _reference(u, v, labels, scale):
@@ -92,3 +92,28 @@ def test_label_smoothing_needs_a_multi_class_task():
         load_config(None, ["heads.quora.label_smoothing=0.1"])
     with pytest.raises(ConfigError, match="heads.sst.label_smoothing"):
         load_config(None, ["heads.sst.label_smoothing=0.7"])
+
+
+def test_ordinal_targets_put_the_mass_near_the_gold_class():
+    q = ordinal_targets(torch.tensor([0, 2]), 5, 0.5)
+    torch.testing.assert_close(q.sum(-1), torch.ones(2))
+    weights = torch.exp(-torch.tensor([0.0, 1, 4, 9, 16]) / 0.5)
+    torch.testing.assert_close(q[0], weights / weights.sum())
+    assert q[1].argmax() == 2 and q[1, 1] == q[1, 3] and q[1, 1] > q[1, 0]  # symmetric
+    torch.manual_seed(3)
+    logits, targets = torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 3, 4, 1])
+    soft = ordinal_targets(targets, 5, 1.0).double()
+    expected = -(soft * torch.log_softmax(logits, -1)).sum(-1).mean()
+    got = task_loss(TASKS["sst"], logits, targets, ordinal_width=1.0)
+    torch.testing.assert_close(got, expected.float())
+    # a near-zero width is the one-hot cross-entropy
+    torch.testing.assert_close(
+        task_loss(TASKS["sst"], logits, targets, ordinal_width=1e-3),
+        task_loss(TASKS["sst"], logits, targets),
+    )
+
+
+def test_ordinal_width_needs_a_multi_class_task():
+    load_config(None, ["heads.sst.ordinal_width=0.5"])
+    with pytest.raises(ConfigError, match="heads.sts.ordinal_width: only multi-class"):
+        load_config(None, ["heads.sts.ordinal_width=0.5"])

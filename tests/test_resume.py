@@ -34,6 +34,7 @@ RUN_SETTINGS = [
     "heads.sts.own_layers=1",  # a task's own copy of the top layer is saved and resumed
     "heads.sst.rdrop=0.5",  # two dropout passes: the RNG must still resume exactly
     "heads.sst.label_smoothing=0.1",
+    "heads.sst.ordinal_width=0.5",
     "train.layer_lr_decay=0.8",  # per-layer optimiser groups
 ]
 # Measurements of the process, not of the run: a resumed process's peak RSS differs from the

@@ -95,6 +95,13 @@ class HeadConfig:
         min=0.0,
         max=0.5,
     )
+    ordinal_width: float = _field(
+        0.0,
+        "class tasks with ordered classes: cross-entropy against soft targets "
+        "q_c proportional to exp(-(c - y)^2 / width), mass on the classes near the gold one "
+        "(SORD, Diaz & Marathe 2019; 0: one-hot targets)",
+        min=0.0,
+    )
     rdrop: float = _field(
         0.0,
         "R-Drop (Liang et al. 2021): each training batch goes through the model twice, with "
@@ -308,6 +315,10 @@ class Config:
             if head.label_smoothing and spec.label_kind != "class":
                 raise ConfigError(
                     f"heads.{task}.label_smoothing: only multi-class tasks are smoothed"
+                )
+            if head.ordinal_width and spec.label_kind != "class":
+                raise ConfigError(
+                    f"heads.{task}.ordinal_width: only multi-class tasks have ordered classes"
                 )
             if head.cosent and spec.label_kind != "score":
                 raise ConfigError(f"heads.{task}.cosent: only score tasks are ranked")

@@ -10,16 +10,33 @@ from minbert.data.tasks import TaskSpec
 
 
 def task_loss(
-    spec: TaskSpec, outputs: Tensor, targets: Tensor, label_smoothing: float = 0.0
+    spec: TaskSpec,
+    outputs: Tensor,
+    targets: Tensor,
+    label_smoothing: float = 0.0,
+    ordinal_width: float = 0.0,
 ) -> Tensor:
     """Cross-entropy for classes (``label_smoothing`` of the target's mass spread evenly over
-    the classes, Szegedy et al. 2016), BCE with logits for binary labels, MSE for scores."""
+    the classes, Szegedy et al. 2016; soft ordinal targets when ``ordinal_width`` > 0), BCE
+    with logits for binary labels, MSE for scores."""
     outputs = outputs.float()  # losses in fp32 even under bf16 autocast
     if spec.label_kind == "class":
-        return F.cross_entropy(outputs, targets.long(), label_smoothing=label_smoothing)
+        target = targets.long()
+        if ordinal_width:
+            target = ordinal_targets(target, spec.num_classes, ordinal_width)
+        return F.cross_entropy(outputs, target, label_smoothing=label_smoothing)
     if spec.label_kind == "binary":
         return F.binary_cross_entropy_with_logits(outputs, targets.float())
     return F.mse_loss(outputs, targets.float())
+
+
+def ordinal_targets(targets: Tensor, num_classes: int, width: float) -> Tensor:
+    """Soft labels for ordered classes (SORD, Diaz & Marathe 2019): ``q_c`` proportional to
+    ``exp(-(c - y)^2 / width)``. Calling "negative" "very negative" is a smaller error than
+    calling it "positive", and one-hot targets say they are equally wrong."""
+    classes = torch.arange(num_classes, device=targets.device, dtype=torch.float32)
+    distance = (classes[None, :] - targets.float()[:, None]) ** 2  # (B, classes)
+    return torch.softmax(-distance / width, dim=-1)
 
 
 def in_batch_contrastive(u: Tensor, v: Tensor, labels: Tensor, scale: float) -> Tensor:

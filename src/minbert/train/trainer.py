@@ -343,7 +343,8 @@ class Trainer:
         return {t: loss.item() for t, loss in losses.items()}, sizes
 
     def _task_loss(self, task: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return task_loss(TASKS[task], outputs, targets, self.config.head(task).label_smoothing)
+        head = self.config.head(task)
+        return task_loss(TASKS[task], outputs, targets, head.label_smoothing, head.ordinal_width)
 
     def _forward(self, task: str, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The head's outputs, and the auxiliary loss its config adds (None when none)."""
