@@ -230,3 +230,29 @@ def test_rdrop_is_not_combined_with_smart_or_contrastive():
                 "heads.quora.rdrop=1",
             ],
         )
+
+
+def test_encoder_dropout_overrides_reach_every_dropout(tiny_setup, tmp_path):
+    from minbert.model.dropout import Dropout
+
+    def rates(trainer):
+        encoder = trainer.model.encoder
+        hidden = {
+            m.p
+            for name, m in encoder.named_modules()
+            if isinstance(m, Dropout) and "attention.self" not in name
+        }
+        attention = {layer.attention.self.dropout_p for layer in encoder.encoder.layer}
+        return hidden, attention
+
+    pretrained = Trainer(run_config(tiny_setup), tmp_path / "a")
+    assert rates(pretrained) == ({0.1}, {0.1})  # the tiny config.json's
+    config = run_config(tiny_setup, "model.hidden_dropout=0.05", "model.attention_dropout=0")
+    assert rates(Trainer(config, tmp_path / "b")) == ({0.05}, {0.0})
+
+
+def test_encoder_dropout_is_the_pretrained_one_or_a_rate():
+    with pytest.raises(ConfigError, match="model.attention_dropout: -1 .* or in"):
+        load_config(None, ["model.attention_dropout=-0.5"])
+    with pytest.raises(ConfigError, match="model.hidden_dropout"):
+        load_config(None, ["model.hidden_dropout=0.95"])

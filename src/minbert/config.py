@@ -39,6 +39,21 @@ class ModelConfig:
     mode: Literal["finetune", "frozen"] = _field(
         "finetune", "finetune trains everything; frozen trains only the task heads"
     )
+    hidden_dropout: float = _field(
+        -1.0,
+        "dropout on the encoder's embeddings and layer outputs (-1: the pretrained "
+        "config.json's hidden_dropout_prob, 0.1 for MiniLM)",
+        min=-1.0,
+        max=0.9,
+    )
+    attention_dropout: float = _field(
+        -1.0,
+        "dropout on the attention probabilities (-1: the pretrained config.json's "
+        "attention_probs_dropout_prob, 0.1 for MiniLM; 0 lets CPU training use sdpa's "
+        "fused kernel)",
+        min=-1.0,
+        max=0.9,
+    )
 
 
 @dataclass(frozen=True)
@@ -283,6 +298,10 @@ class Config:
         for task in self.heads:
             if task not in TASKS:
                 raise ConfigError(f"heads.{task}: unknown task; known: {known}")
+        for key in ("hidden_dropout", "attention_dropout"):
+            value = getattr(self.model, key)
+            if value != -1 and value < 0:
+                raise ConfigError(f"model.{key}: -1 (the pretrained value) or in [0, 0.9]")
         for task in self.train.task_weights:
             if task not in self.train.tasks:
                 raise ConfigError(

@@ -131,9 +131,15 @@ def load_encoder_state(
 
 
 def load_pretrained(
-    name_or_path: str | Path = "minilm-l6", attention: AttentionImpl = "sdpa"
+    name_or_path: str | Path = "minilm-l6",
+    attention: AttentionImpl = "sdpa",
+    hidden_dropout: float | None = None,
+    attention_dropout: float | None = None,
 ) -> tuple[BertModel, Tokenizer]:
-    """Load a pretrained encoder and its tokenizer (strictly; see module docstring)."""
+    """Load a pretrained encoder and its tokenizer (strictly; see module docstring).
+
+    ``hidden_dropout`` and ``attention_dropout`` replace the config.json's dropout rates
+    (None: keep them); they change training only, not the weights or the function."""
     model_dir = resolve_model_dir(name_or_path)
     config_file = model_dir / "config.json"
     if not config_file.is_file():
@@ -141,6 +147,10 @@ def load_pretrained(
     hf_config = json.loads(config_file.read_text(encoding="utf-8"))
     if hf_config.get("model_type", "bert") != "bert":
         raise WeightsError(f"{config_file}: model_type {hf_config['model_type']!r} is not 'bert'")
+    if hidden_dropout is not None:
+        hf_config["hidden_dropout_prob"] = hidden_dropout
+    if attention_dropout is not None:
+        hf_config["attention_probs_dropout_prob"] = attention_dropout
     model = BertModel(BertConfig.from_dict(hf_config), attention=attention)
     weights = _weights_file(model_dir)
     load_encoder_state(model, read_state_dict(weights), source=str(weights))

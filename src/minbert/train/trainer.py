@@ -125,7 +125,13 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         self.device = resolve_device(config.train.device)
         self.bf16 = use_bf16(config.train.precision, self.device)
-        encoder, self.tokenizer = load_pretrained(config.model.name, config.model.attention)
+        m = config.model
+        encoder, self.tokenizer = load_pretrained(
+            m.name,
+            m.attention,
+            hidden_dropout=None if m.hidden_dropout == -1 else m.hidden_dropout,
+            attention_dropout=None if m.attention_dropout == -1 else m.attention_dropout,
+        )
         self.tasks = list(config.train.tasks)
         self.train_data = {t: load_split(config, t, "train", self.tokenizer) for t in self.tasks}
         self.dev_data = {t: load_split(config, t, "dev", self.tokenizer) for t in self.tasks}
