@@ -49,8 +49,7 @@ class ModelConfig:
     attention_dropout: float = _field(
         -1.0,
         "dropout on the attention probabilities (-1: the pretrained config.json's "
-        "attention_probs_dropout_prob, 0.1 for MiniLM; 0 lets CPU training use sdpa's "
-        "fused kernel)",
+        "attention_probs_dropout_prob, 0.1 for MiniLM)",
         min=-1.0,
         max=0.9,
     )
