@@ -1,7 +1,9 @@
+import dataclasses
+
 import pytest
 import torch
 
-from minbert.model.bert import BertConfig
+from minbert.model.bert import BertConfig, BertModel
 
 
 def _batch(vocab_size: int, lengths: list[int], seed: int = 0):
@@ -59,6 +61,24 @@ def test_attention_paths_have_equal_gradients(tiny_model, tiny_config):
         tiny_model(ids, mask).pooler_output.sum().backward()
         grads.append(tiny_model.encoder.layer[0].attention.self.query.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_cpu_training_takes_the_manual_path_even_without_dropout(tiny_config, monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("dropout_p"))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr("minbert.model.bert.F.scaled_dot_product_attention", counting)
+    config = dataclasses.replace(tiny_config, attention_probs_dropout_prob=0.0)
+    model = BertModel(config, attention="sdpa")
+    ids, mask = _batch(config.vocab_size, [5, 3])
+    model.train()(ids, mask)  # sdpa's CPU training step is the slower one
+    assert calls == []
+    model.eval()(ids, mask)  # evaluation keeps sdpa's fused kernel
+    assert calls == [0.0] * config.num_hidden_layers
 
 
 def test_unknown_attention_is_rejected(tiny_model):

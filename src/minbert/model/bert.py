@@ -201,6 +201,8 @@ class BertSelfAttention(nn.Module):
         self.dropout = Dropout(config.attention_probs_dropout_prob)
         self.impl: AttentionImpl = impl
         self.stack_projections = True  # off: three matmuls (the benchmark's ablation)
+        # on: sdpa in CPU training too, when there is no dropout (the benchmark's ablation)
+        self.sdpa_in_cpu_training = False
 
     def _split_heads(self, x: Tensor, parts: int) -> Tensor:
         """(B, T, parts * H) -> (parts, B, N, T, D)."""
@@ -246,9 +248,13 @@ class BertSelfAttention(nn.Module):
         else:
             q, k, v = self._project(hidden, self.query, self.key, self.value, packing=packing)
         dropout_p = self.dropout_p if self.training else 0.0
-        # On the CPU, sdpa has no fused kernel with dropout: it falls back to the manual math
-        # below with a slower dropout mask, so training takes the manual path there.
-        if self.impl == "sdpa" and not (dropout_p and q.device.type == "cpu"):
+        # CPU training takes the manual math below. With dropout, sdpa has no fused CPU kernel
+        # and falls back to the same math with a slower mask; without dropout, its training
+        # step was still 1.47x slower (benchmarks/cpu_training_attention.py).
+        cpu_training = self.training and q.device.type == "cpu"
+        if self.impl == "sdpa" and (
+            not cpu_training or (self.sdpa_in_cpu_training and not dropout_p)
+        ):
             context = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=keep, dropout_p=dropout_p
             )  # (B, N, T, D)
