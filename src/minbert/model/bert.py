@@ -250,7 +250,7 @@ class BertSelfAttention(nn.Module):
         dropout_p = self.dropout_p if self.training else 0.0
         # CPU training takes the manual math below. With dropout, sdpa has no fused CPU kernel
         # and falls back to the same math with a slower mask; without dropout, its training
-        # step was still 1.47x slower (benchmarks/cpu_training_attention.py).
+        # step was still 1.36-1.47x slower (benchmarks/cpu_training_attention.py).
         cpu_training = self.training and q.device.type == "cpu"
         if self.impl == "sdpa" and (
             not cpu_training or (self.sdpa_in_cpu_training and not dropout_p)
