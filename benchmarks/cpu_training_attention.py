@@ -17,11 +17,8 @@ import time
 import numpy as np
 import torch
 
-from minbert.bench.systems import System, bench_config, train_step
+from minbert.bench.systems import System, build_minbert, train_step
 from minbert.data.batching import Batch, pad_sequences
-from minbert.model.loading import load_pretrained
-from minbert.model.multitask import MultiTaskModel
-from minbert.train.optim import AdamW, parameter_groups
 
 
 def padded_batches(n: int, batch: int, vocab: int) -> list[tuple[str, Batch]]:
@@ -36,13 +33,10 @@ def padded_batches(n: int, batch: int, vocab: int) -> list[tuple[str, Batch]]:
 
 
 def system(attention: str) -> System:
-    encoder, _ = load_pretrained("minilm-l6", attention, hidden_dropout=0.1, attention_dropout=0.0)
-    torch.manual_seed(0)
-    for layer in encoder.encoder.layer:
+    built = build_minbert("minilm-l6", attention, seed=0, attention_dropout=0.0)
+    for layer in built.model.encoder.encoder.layer:
         layer.attention.self.sdpa_in_cpu_training = attention == "sdpa"
-    model = MultiTaskModel(encoder, bench_config("minilm-l6", attention)).train()
-    optimizer = AdamW(parameter_groups(model, 0.01), lr=5e-5, weight_decay=0.01)
-    return System("minbert", model, optimizer, attention)
+    return built
 
 
 def main() -> None:

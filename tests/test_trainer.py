@@ -6,6 +6,7 @@ import pytest
 from tiny_run import run_config
 
 from minbert.config import ConfigError, load_config
+from minbert.model.dropout import Dropout
 from minbert.train import strategies
 from minbert.train.trainer import Trainer
 
@@ -233,8 +234,6 @@ def test_rdrop_is_not_combined_with_smart_or_contrastive():
 
 
 def test_encoder_dropout_overrides_reach_every_dropout(tiny_setup, tmp_path):
-    from minbert.model.dropout import Dropout
-
     def rates(trainer):
         encoder = trainer.model.encoder
         hidden = {

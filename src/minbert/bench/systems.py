@@ -92,8 +92,10 @@ def bench_config(model_name: str, attention: str) -> Config:
     )
 
 
-def build_minbert(model_name: str, attention: str, seed: int) -> System:
-    encoder, _ = load_pretrained(model_name, attention)
+def build_minbert(
+    model_name: str, attention: str, seed: int, attention_dropout: float | None = None
+) -> System:
+    encoder, _ = load_pretrained(model_name, attention, attention_dropout=attention_dropout)
     torch.manual_seed(seed)  # the heads' initial weights, copied into the peer
     model = MultiTaskModel(encoder, bench_config(model_name, attention)).train()
     optimizer = AdamW(
