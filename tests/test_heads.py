@@ -7,6 +7,7 @@ from minbert.data.batching import encode_task
 from minbert.data.io import TaskData
 from minbert.data.tasks import TASKS
 from minbert.eval.evaluate import predict
+from minbert.model.bert import BertSelfAttention
 from minbert.model.heads import pair_features, pool
 from minbert.model.multitask import MultiTaskModel
 from minbert.train.losses import task_loss
@@ -189,6 +190,24 @@ def test_own_layers_start_as_the_shared_ones_and_only_the_task_trains_them(
     # The copies train at the encoder's learning rate, not train.head_lr.
     names = [n for n, _ in model.named_parameters() if ".own_layers." in n]
     assert names and not any(MultiTaskModel.is_head_parameter(n) for n in names)
+
+
+def test_set_attention_reaches_the_heads_own_layers(tiny_model, tiny_tokenizer):
+    # The copies are made when the head is built; switching the encoder's list of layers
+    # alone used to leave them on the implementation they were copied with.
+    config = load_config(None, ["heads.sst.own_layers=1"])
+    model = MultiTaskModel(tiny_model, config, ["sst"]).eval()
+    encoded = encode_task(_data("sst", SENTENCES, [0, 4, 2]), tiny_tokenizer, 32, bi_encode=False)
+    batch = encoded.batch(np.arange(3))
+    with torch.no_grad():
+        sdpa = model("sst", batch)
+    model.set_attention("manual")
+    impls = [m.impl for m in model.modules() if isinstance(m, BertSelfAttention)]
+    assert len(impls) == 3 and set(impls) == {"manual"}  # 2 shared layers + 1 own copy
+    with torch.no_grad():
+        torch.testing.assert_close(model("sst", batch), sdpa)
+    with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
+        model.set_attention("flash")
 
 
 def test_own_layers_beyond_the_encoder_are_a_clear_error(tiny_model):

@@ -126,7 +126,7 @@ def apply_variant(system: System, variant: Variant) -> None:
     system.optimizer.compiled = variant.compiled_optimizer
     model = system.model
     encoder = model.encoder
-    encoder.set_attention(variant.attention)
+    model.set_attention(variant.attention)
     encoder.first_token_shortcut = variant.first_token_only
     encoder.pack_tokens = variant.packed
     for module in model.modules():
@@ -267,7 +267,7 @@ def build_systems(
     minbert = build_minbert(options.model, "sdpa", options.seed)
     peer = build_peer(options.model, setup.peer_attention, minbert.model)
     minbert.attention = minbert_attention_like(peer.attention)
-    minbert.model.encoder.set_attention(minbert.attention)
+    minbert.model.set_attention(minbert.attention)
     minbert.model.to(device)
     peer.model.to(device)
     return minbert, peer

@@ -367,6 +367,18 @@ class BertPooler(nn.Module):
         return torch.tanh(self.dense(hidden[:, 0]))  # (B, H)
 
 
+def set_attention(module: nn.Module, impl: AttentionImpl) -> None:
+    """Switch every attention layer under ``module`` between ``sdpa`` and ``manual``.
+
+    Walking the modules, not the encoder's layer list, also reaches the copies of top layers
+    that a multi-task model's heads own (``heads.<task>.own_layers``)."""
+    if impl not in ("sdpa", "manual"):
+        raise ValueError(f"unknown attention implementation {impl!r}; use 'sdpa' or 'manual'")
+    for layer in module.modules():
+        if isinstance(layer, BertSelfAttention):
+            layer.impl = impl
+
+
 class BertModel(nn.Module):
     """The encoder: ``model(input_ids, attention_mask, token_type_ids=None)``."""
 
@@ -388,10 +400,7 @@ class BertModel(nn.Module):
 
     def set_attention(self, impl: AttentionImpl) -> None:
         """Switch every layer between the ``sdpa`` and ``manual`` attention paths."""
-        if impl not in ("sdpa", "manual"):
-            raise ValueError(f"unknown attention implementation {impl!r}; use 'sdpa' or 'manual'")
-        for layer in self.encoder.layer:
-            layer.attention.self.impl = impl
+        set_attention(self, impl)
 
     def _init_weights(self, module: nn.Module) -> None:
         # BERT's initialisation, for models trained from scratch (tests, tiny configs).

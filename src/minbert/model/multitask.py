@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from minbert.config import Config
 from minbert.data.batching import Batch
 from minbert.data.tasks import TASKS
-from minbert.model.bert import BertModel
+from minbert.model.bert import AttentionImpl, BertModel, set_attention
 from minbert.model.heads import BiEncoderHead, build_head
 
 
@@ -33,6 +33,10 @@ class MultiTaskModel(nn.Module):
         if task not in self.heads:
             raise KeyError(f"this model has no head for task {task!r}; it has {self.tasks}")
         return self.heads[task](self.encoder, batch)
+
+    def set_attention(self, impl: AttentionImpl) -> None:
+        """Switch the encoder and the heads' own top layers between ``sdpa`` and ``manual``."""
+        set_attention(self, impl)
 
     def forward_embedded(self, task: str, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         """A bi-encoded pair task's outputs and sentence embeddings (u, v), each (B, H)."""
