@@ -255,3 +255,14 @@ def test_encoder_dropout_is_the_pretrained_one_or_a_rate():
         load_config(None, ["model.attention_dropout=-0.5"])
     with pytest.raises(ConfigError, match="model.hidden_dropout"):
         load_config(None, ["model.hidden_dropout=0.95"])
+
+
+def test_ptb_text_reaches_training_and_the_saved_run(tiny_setup, tmp_path):
+    from minbert.train.checkpoint import load_model_dir
+
+    config = run_config(tiny_setup, "data.ptb_text=true", "train.tasks=['sst']", "train.epochs=1")
+    trainer = Trainer(config, tmp_path / "run")
+    assert trainer.tokenizer.ptb_text
+    trainer.run()
+    _, tokenizer, saved = load_model_dir(tmp_path / "run")
+    assert saved.data.ptb_text and tokenizer.ptb_text  # eval and predict read text alike

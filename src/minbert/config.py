@@ -141,6 +141,11 @@ class DataConfig:
     on_bad_row: Literal["error", "skip"] = _field(
         "error", "a malformed row stops the run, or is skipped and counted"
     )
+    ptb_text: bool = _field(
+        False,
+        "undo Penn Treebank tokenisation before WordPiece (-LRB- -> (, `` '' -> \", "
+        "does n't -> doesn't), as SST and CFIMDB are written; no-op on plain text",
+    )
 
 
 @dataclass(frozen=True)

@@ -135,11 +135,13 @@ def load_pretrained(
     attention: AttentionImpl = "sdpa",
     hidden_dropout: float | None = None,
     attention_dropout: float | None = None,
+    ptb_text: bool = False,
 ) -> tuple[BertModel, Tokenizer]:
     """Load a pretrained encoder and its tokenizer (strictly; see module docstring).
 
     ``hidden_dropout`` and ``attention_dropout`` replace the config.json's dropout rates
-    (None: keep them); they change training only, not the weights or the function."""
+    (None: keep them); they change training only, not the weights or the function.
+    ``ptb_text``: the tokenizer undoes Penn Treebank tokenisation first (``undo_ptb``)."""
     model_dir = resolve_model_dir(name_or_path)
     config_file = model_dir / "config.json"
     if not config_file.is_file():
@@ -154,7 +156,7 @@ def load_pretrained(
     model = BertModel(BertConfig.from_dict(hf_config), attention=attention)
     weights = _weights_file(model_dir)
     load_encoder_state(model, read_state_dict(weights), source=str(weights))
-    tokenizer = Tokenizer(model_dir / "vocab.txt", lowercase=_lowercase(model_dir))
+    tokenizer = Tokenizer(model_dir / "vocab.txt", _lowercase(model_dir), ptb_text)
     log.info("loaded %s (%d parameters) from %s", name_or_path, count_parameters(model), model_dir)
     return model.eval(), tokenizer
 

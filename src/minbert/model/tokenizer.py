@@ -4,10 +4,14 @@ Built from a ``vocab.txt`` exactly as BERT uncased does it: clean text, split CJ
 characters, lowercase and strip accents, split on whitespace and punctuation, WordPiece
 with ``##`` continuations, then ``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]`` with segment
 ids 0/1. Truncation is longest-first for pairs, as ``transformers`` does it.
+
+With ``ptb_text`` the text is first turned back from Penn Treebank tokenisation, as SST and
+CFIMDB are written, into the plain text the pretrained model read (``undo_ptb``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +20,32 @@ from tokenizers import normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+# Penn Treebank escapes and splits, and the plain text they stand for. Only these matter to
+# WordPiece, which splits on punctuation anyway ("film 's" and "film's" give the same tokens):
+# "-LRB-" becomes five tokens (- l ##rb -), and "does n't" reads a lone "n" where the
+# pretrained model saw "doesn ' t" for a negation.
+_PTB = [
+    (re.compile(p, re.IGNORECASE), plain)
+    for p, plain in (
+        (r"-LRB-", "("),
+        (r"-RRB-", ")"),
+        (r"-LSB-", "["),
+        (r"-RSB-", "]"),
+        (r"-LCB-", "{"),
+        (r"-RCB-", "}"),
+        (r"``|''", '"'),
+        (r"\\([/*])", r"\1"),  # \/ and \*
+        (r"(\w) (n't)\b", r"\1\2"),  # does n't -> doesn't, ca n't -> can't, wo n't -> won't
+    )
+]
+
+
+def undo_ptb(text: str) -> str:
+    """Plain text from Penn Treebank tokenisation; other text comes back unchanged."""
+    for pattern, plain in _PTB:
+        text = pattern.sub(plain, text)
+    return text
 
 
 @dataclass(frozen=True)
@@ -30,8 +60,9 @@ class Encoding:
 class Tokenizer:
     """WordPiece tokenizer with BERT's special tokens and segment ids."""
 
-    def __init__(self, vocab_file: str | Path, lowercase: bool = True):
+    def __init__(self, vocab_file: str | Path, lowercase: bool = True, ptb_text: bool = False):
         self.vocab_file = Path(vocab_file)
+        self.ptb_text = ptb_text
         vocab = _read_vocab(self.vocab_file)
         missing = [t for t in SPECIAL_TOKENS if t not in vocab]
         if missing:
@@ -78,6 +109,9 @@ class Tokenizer:
     ) -> list[Encoding]:
         """Tokenise many inputs at once (parallel in the Rust library)."""
         self._set_length(max_length)
+        if self.ptb_text:
+            texts = [undo_ptb(t) for t in texts]
+            text_pairs = None if text_pairs is None else [undo_ptb(t) for t in text_pairs]
         if text_pairs is None:
             raw = self._tok.encode_batch(texts)
         else:
@@ -89,6 +123,7 @@ class Tokenizer:
     def tokenize(self, text: str) -> list[str]:
         """WordPiece tokens of ``text`` without special tokens (for inspection)."""
         self._set_length(None)
+        text = undo_ptb(text) if self.ptb_text else text
         return self._tok.encode(text, add_special_tokens=False).tokens
 
     def decode(self, ids: list[int]) -> str:

@@ -62,5 +62,7 @@ def load_model_dir(run_or_dir: str | Path) -> tuple[MultiTaskModel, Tokenizer, C
     )
     model = MultiTaskModel(encoder, config, meta["tasks"])
     model.load_state_dict(load_file(model_dir / "model.safetensors"), strict=True)
-    tokenizer = Tokenizer(model_dir / "vocab.txt", lowercase=meta.get("lowercase", True))
+    tokenizer = Tokenizer(
+        model_dir / "vocab.txt", meta.get("lowercase", True), ptb_text=config.data.ptb_text
+    )
     return model.eval(), tokenizer, config

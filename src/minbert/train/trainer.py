@@ -131,6 +131,7 @@ class Trainer:
             m.attention,
             hidden_dropout=None if m.hidden_dropout == -1 else m.hidden_dropout,
             attention_dropout=None if m.attention_dropout == -1 else m.attention_dropout,
+            ptb_text=config.data.ptb_text,
         )
         self.tasks = list(config.train.tasks)
         self.train_data = {t: load_split(config, t, "train", self.tokenizer) for t in self.tasks}
