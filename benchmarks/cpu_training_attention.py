@@ -19,6 +19,7 @@ import torch
 
 from minbert.bench.systems import System, build_minbert, train_step
 from minbert.data.batching import Batch, pad_sequences
+from minbert.model.bert import BertSelfAttention
 
 
 def padded_batches(n: int, batch: int, vocab: int) -> list[tuple[str, Batch]]:
@@ -34,8 +35,9 @@ def padded_batches(n: int, batch: int, vocab: int) -> list[tuple[str, Batch]]:
 
 def system(attention: str) -> System:
     built = build_minbert("minilm-l6", attention, seed=0, attention_dropout=0.0)
-    for layer in built.model.encoder.encoder.layer:
-        layer.attention.self.sdpa_in_cpu_training = attention == "sdpa"
+    for module in built.model.modules():  # every attention layer, a head's own ones too
+        if isinstance(module, BertSelfAttention):
+            module.sdpa_in_cpu_training = attention == "sdpa"
     return built
 
 
