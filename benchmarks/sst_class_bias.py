@@ -19,7 +19,7 @@ import torch
 
 from minbert.eval.evaluate import predict
 from minbert.train.checkpoint import load_model_dir
-from minbert.train.device import use_bf16
+from minbert.device import use_bf16
 from minbert.train.trainer import load_split
 
 GRID = np.linspace(-1.5, 1.5, 61)

@@ -27,7 +27,7 @@ from minbert.bench.systems import (
     train_run,
 )
 from minbert.model.loading import load_pretrained
-from minbert.train.device import keep_freed_memory
+from minbert.device import keep_freed_memory
 
 MATMULS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"}
 ATTENTION = "scaled_dot_product"

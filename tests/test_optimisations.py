@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from minbert.config import config_from_dict
 from minbert.data.batching import EncodedTask, Segment, encode_task, grouped_order
 from minbert.data.io import TaskData
+from minbert.device import keep_freed_memory
 from minbert.eval.evaluate import predict
 from minbert.model.bert import Packing, packed_rows
 from minbert.model.dropout import dropout, keep_mask
 from minbert.model.heads import encode
 from minbert.model.multitask import MultiTaskModel
-from minbert.train.device import keep_freed_memory
 
 # bf16 keeps 8 significant bits (a relative rounding of 2^-8 = 0.4% per operation); through
 # MiniLM's 6 layers that compounds to ~0.6% of the hidden states' norm, so 2% leaves margin

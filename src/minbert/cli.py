@@ -51,9 +51,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from minbert.device import resolve_device, use_bf16
     from minbert.eval.evaluate import evaluate
     from minbert.train.checkpoint import load_model_dir
-    from minbert.train.device import resolve_device, use_bf16
     from minbert.train.trainer import load_split
 
     model, tokenizer, config = load_model_dir(args.run)
@@ -87,9 +87,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from minbert.data.batching import encode_task
     from minbert.data.io import TaskData, read_task_file, write_predictions
     from minbert.data.tasks import TASKS
+    from minbert.device import resolve_device, use_bf16
     from minbert.eval.evaluate import predict
     from minbert.train.checkpoint import load_model_dir
-    from minbert.train.device import resolve_device, use_bf16
 
     model, tokenizer, config = load_model_dir(args.run)
     _check_tasks([args.task], model.tasks)
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(message)s",
     )
-    from minbert.train.device import tune_memory
+    from minbert.device import tune_memory
     from minbert.train.trainer import TrainingError
 
     if not getattr(args, "plain_allocator", False):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from minbert.device import MIB, c_library, process_peak_rss_mib
 from minbert.model.bert import BertModel
-from minbert.train.device import MIB, c_library, process_peak_rss_mib
 
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")

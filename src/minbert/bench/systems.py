@@ -28,11 +28,11 @@ from minbert.config import Config, config_from_dict
 from minbert.data.batching import Batch, EncodedTask, Segment, TaskStream, encode_task, eval_batches
 from minbert.data.io import read_task_file
 from minbert.data.tasks import TASKS
+from minbert.device import autocast
 from minbert.model.bert import packed_rows
 from minbert.model.loading import load_pretrained, resolve_model_dir
 from minbert.model.multitask import MultiTaskModel
 from minbert.model.tokenizer import Tokenizer
-from minbert.train.device import autocast
 from minbert.train.losses import task_loss
 from minbert.train.optim import AdamW, parameter_groups
 

@@ -63,10 +63,10 @@ from minbert.bench.systems import (
     train_run,
     training_batches,
 )
+from minbert.device import fast_bf16, resolve_device
 from minbert.model.bert import BertSelfAttention
 from minbert.model.dropout import Dropout
 from minbert.model.loading import load_pretrained
-from minbert.train.device import fast_bf16, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -106,9 +106,3 @@ TASKS: dict[str, TaskSpec] = {
         default_head={"pooling": "cls", "kind": "linear", "encoding": "cross"},
     ),
 }
-
-
-def get_task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; known: {sorted(TASKS)}")
-    return TASKS[name]

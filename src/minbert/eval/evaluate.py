@@ -12,10 +12,10 @@ from tqdm.auto import tqdm
 
 from minbert.data.batching import EncodedTask, eval_batches, pad_sequences
 from minbert.data.tasks import TASKS
+from minbert.device import autocast
 from minbert.eval.metrics import METRICS, overall_scores
 from minbert.model.heads import BiEncoderHead
 from minbert.model.multitask import MultiTaskModel
-from minbert.train.device import autocast
 
 
 @dataclass

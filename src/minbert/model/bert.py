@@ -394,10 +394,6 @@ class BertModel(nn.Module):
         # Per-token work on real tokens alone when a batch has padding (off: the ablation).
         self.pack_tokens = True
 
-    @property
-    def attention(self) -> AttentionImpl:
-        return self.encoder.layer[0].attention.self.impl
-
     def set_attention(self, impl: AttentionImpl) -> None:
         """Switch every layer between the ``sdpa`` and ``manual`` attention paths."""
         set_attention(self, impl)

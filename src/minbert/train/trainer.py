@@ -23,6 +23,7 @@ from minbert.data.batching import EncodedTask, TaskStream, encode_task, hold_out
 from minbert.data.io import read_task_file, write_predictions
 from minbert.data.schedules import plan_epoch, planned_examples
 from minbert.data.tasks import TASKS
+from minbert.device import MIB, autocast, process_peak_rss_mib, resolve_device, use_bf16
 from minbert.eval.evaluate import evaluate, predict
 from minbert.eval.metrics import accuracy, best_threshold
 from minbert.eval.report import write_report
@@ -37,7 +38,6 @@ from minbert.train.conflicts import (
     log_weights,
     probe_batch,
 )
-from minbert.train.device import MIB, autocast, process_peak_rss_mib, resolve_device, use_bf16
 from minbert.train.ema import WeightAverage
 from minbert.train.gradients import flat_gradient
 from minbert.train.losses import cosent, in_batch_contrastive, task_loss

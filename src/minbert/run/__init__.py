@@ -1,0 +1,5 @@
+"""Run folders: ``RunDir`` names every file a run writes (``layout.py``)."""
+
+from minbert.run.layout import RunDir
+
+__all__ = ["RunDir"]

@@ -1,0 +1,87 @@
+"""The layout of a run folder, named once.
+
+Everything that writes or reads a run (trainer, callbacks, report, compare, predict, export)
+asks a ``RunDir`` for a path instead of spelling a file name:
+
+    RUN/config.toml          the resolved config the run was started with
+    RUN/train.log            the log of every session of the run (appended on resume)
+    RUN/metrics.jsonl        one record per finished epoch
+    RUN/final.json           the summary written when the run ends
+    RUN/best/                the selected epoch's model directory (model_dir.py)
+    RUN/last/                the resumable training state (state.py)
+    RUN/predictions/<task>-<split>.csv, <task>-dev-outputs.npy
+    RUN/report/summary.md, curves.png, ...
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    def __truediv__(self, name: str) -> Path:
+        return self.root / name
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "train.log"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final.json"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best"
+
+    @property
+    def last(self) -> Path:
+        return self.root / "last"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.root / "predictions"
+
+    def predictions(self, task: str, split: str) -> Path:
+        return self.predictions_dir / f"{task}-{split}.csv"
+
+    def outputs(self, task: str, split: str = "dev") -> Path:
+        """Raw head outputs behind ``predictions(task, split)`` (for ranked errors)."""
+        return self.predictions_dir / f"{task}-{split}-outputs.npy"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def summary(self) -> Path:
+        return self.report_dir / "summary.md"
+
+    def is_run(self) -> bool:
+        return self.config.is_file()
+
+    def read_metrics(self) -> list[dict]:
+        """The epoch records so far ([] before the first epoch ends)."""
+        if not self.metrics.exists():
+            return []
+        lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
