@@ -65,8 +65,9 @@ def test_trainer_scores_and_saves_the_average(tiny_setup, tmp_path):
     trainer = Trainer(config, tmp_path / "run")
     trainer.run()
     best = load_file(tmp_path / "run" / "best" / "model.safetensors")
-    names = trainer.average.names
-    for name, averaged in zip(names, trainer.average.average, strict=True):
+    (ema,) = [c for c in trainer.callbacks.callbacks if c.name == "average"]
+    names = ema.average.names
+    for name, averaged in zip(names, ema.average.average, strict=True):
         assert torch.equal(best[name], averaged), name
     live = dict(trainer.model.named_parameters())
     assert any(not torch.equal(best[n], live[n].detach()) for n in names)

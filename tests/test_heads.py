@@ -10,7 +10,7 @@ from minbert.eval.evaluate import predict
 from minbert.model.bert import BertSelfAttention
 from minbert.model.heads import pair_features, pool
 from minbert.model.multitask import MultiTaskModel
-from minbert.train.losses import task_loss
+from minbert.objectives.task import task_loss
 
 
 def _data(task, texts, labels):
@@ -39,7 +39,7 @@ def test_sentiment_heads(tiny_model, tiny_tokenizer, pooling, kind):
     config = load_config(
         None, [f"heads.sst.pooling={pooling}", f"heads.sst.kind={kind}", "heads.sst.hidden=[16, 8]"]
     )
-    model = MultiTaskModel(tiny_model, config, ["sst"])
+    model = MultiTaskModel(tiny_model, config.head_specs(["sst"]))
     data = encode_task(_data("sst", SENTENCES, [0, 4, 2]), tiny_tokenizer, 32, bi_encode=False)
     batch = data.batch(np.arange(3))
     out = model("sst", batch)
@@ -65,7 +65,7 @@ def test_sentiment_heads(tiny_model, tiny_tokenizer, pooling, kind):
 )
 def test_pair_heads(tiny_model, tiny_tokenizer, task, head):
     config = load_config(None, [f"heads.{task}.{h}" for h in head])
-    model = MultiTaskModel(tiny_model, config, [task])
+    model = MultiTaskModel(tiny_model, config.head_specs([task]))
     bi = config.head(task).encoding == "bi"
     data = encode_task(
         _data(task, PAIRS, [1, 0, 1] if task == "quora" else [4.5, 0.2, 3.0]),
@@ -91,7 +91,7 @@ def test_pair_heads(tiny_model, tiny_tokenizer, task, head):
 def test_bi_encoder_pair_is_siamese(tiny_model, tiny_tokenizer):
     """Sentence a's embedding does not depend on sentence b (no cross attention)."""
     config = load_config(None, ["heads.sts.encoding=bi", "heads.sts.kind=cosine"])
-    model = MultiTaskModel(tiny_model, config, ["sts"])
+    model = MultiTaskModel(tiny_model, config.head_specs(["sts"]))
     head = model.heads["sts"]
     d1 = encode_task(_data("sts", [("the cat", "a dog is good")], [1.0]), tiny_tokenizer, 32, True)
     d2 = encode_task(_data("sts", [("the cat", "why")], [1.0]), tiny_tokenizer, 32, True)
@@ -119,7 +119,7 @@ def test_pair_features():
 
 
 def test_missing_head_is_a_clear_error(tiny_model):
-    model = MultiTaskModel(tiny_model, load_config(), ["sst"])
+    model = MultiTaskModel(tiny_model, load_config().head_specs(["sst"]))
     with pytest.raises(KeyError, match="no head for task 'sts'"):
         model("sts", None)
 
@@ -128,7 +128,7 @@ def test_swap_shows_both_orders_in_training_only(tiny_model, tiny_tokenizer):
     config = load_config(
         None, ["heads.quora.encoding=bi", "heads.quora.swap=true", "heads.quora.dropout=0"]
     )
-    model = MultiTaskModel(tiny_model, config, ["quora"])
+    model = MultiTaskModel(tiny_model, config.head_specs(["quora"]))
     head = model.heads["quora"]
     batch = encode_task(_data("quora", PAIRS[:1], [1]), tiny_tokenizer, 32, bi_encode=True).batch(
         np.arange(1)
@@ -164,9 +164,9 @@ def test_own_layers_start_as_the_shared_ones_and_only_the_task_trains_them(
     tiny_model, tiny_tokenizer, task, head, data
 ):
     options = [f"heads.{task}.{h}" for h in head]
-    shared = MultiTaskModel(tiny_model, load_config(None, options), [task]).eval()
+    shared = MultiTaskModel(tiny_model, load_config(None, options).head_specs([task])).eval()
     config = load_config(None, [*options, f"heads.{task}.own_layers=1"])
-    model = MultiTaskModel(tiny_model, config, [task]).eval()
+    model = MultiTaskModel(tiny_model, config.head_specs([task])).eval()
     encoded = encode_task(_data(task, *data), tiny_tokenizer, 32, bi_encode=TASKS[task].is_pair)
     batch = encoded.batch(np.arange(3))
     own = model.heads[task].own_layers
@@ -196,7 +196,7 @@ def test_set_attention_reaches_the_heads_own_layers(tiny_model, tiny_tokenizer):
     # The copies are made when the head is built; switching the encoder's list of layers
     # alone used to leave them on the implementation they were copied with.
     config = load_config(None, ["heads.sst.own_layers=1"])
-    model = MultiTaskModel(tiny_model, config, ["sst"]).eval()
+    model = MultiTaskModel(tiny_model, config.head_specs(["sst"])).eval()
     encoded = encode_task(_data("sst", SENTENCES, [0, 4, 2]), tiny_tokenizer, 32, bi_encode=False)
     batch = encoded.batch(np.arange(3))
     with torch.no_grad():
@@ -213,7 +213,7 @@ def test_set_attention_reaches_the_heads_own_layers(tiny_model, tiny_tokenizer):
 def test_own_layers_beyond_the_encoder_are_a_clear_error(tiny_model):
     config = load_config(None, ["heads.sst.own_layers=3"])
     with pytest.raises(ConfigError, match=r"heads.sst.own_layers: 3 is more than .* 2 layers"):
-        MultiTaskModel(tiny_model, config, ["sst"])
+        MultiTaskModel(tiny_model, config.head_specs(["sst"]))
 
 
 def test_head_parameters_are_the_heads_own():

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from minbert.data.tasks import TASKS
 from minbert.eval.metrics import accuracy, best_threshold, overall_scores, pearson
-from minbert.train.losses import task_loss
+from minbert.objectives.task import task_loss
 
 
 def test_pearson_matches_scipy():

@@ -49,7 +49,7 @@ def _tiny_sst(tokenizer, rows: int = 24) -> EncodedTask:
 def tiny_sst_model(tiny_model):
     config = config_from_dict({"train": {"tasks": ["sst"]}, "heads": {"sst": {"pooling": "mean"}}})
     torch.manual_seed(0)
-    return MultiTaskModel(tiny_model, config).eval()
+    return MultiTaskModel(tiny_model, config.head_specs()).eval()
 
 
 @torch.no_grad()
@@ -309,7 +309,7 @@ def test_bi_encoded_evaluation_encodes_each_distinct_sentence_once(
         }
     )
     torch.manual_seed(0)
-    model = MultiTaskModel(tiny_model, config).eval()
+    model = MultiTaskModel(tiny_model, config.head_specs()).eval()
     calls = []
     real_forward = tiny_model.forward
 

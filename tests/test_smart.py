@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minbert.config import SmartConfig, load_config
+from minbert.config import load_config
+from minbert.objectives.smart import SmartConfig
 from minbert.data.batching import Batch, pad_sequences
 from minbert.data.tasks import TASKS
 from minbert.model.multitask import MultiTaskModel
-from minbert.train.smart import Smart, divergence, symmetric_kl
+from minbert.objectives.smart import Smart, divergence, symmetric_kl
 
 # single sentence, cross-encoded pair, bi-encoded pair (one encoder call of 2B sequences)
 HEADS = ["heads.quora.encoding=bi", "heads.sts.encoding=cross"]
@@ -20,7 +21,7 @@ HEADS = ["heads.quora.encoding=bi", "heads.sts.encoding=cross"]
 @pytest.fixture
 def model(tiny_model):
     config = load_config(None, ["train.tasks=['sst','quora','sts']", *HEADS])
-    return MultiTaskModel(tiny_model, config).train()
+    return MultiTaskModel(tiny_model, config.head_specs()).train()
 
 
 def _segment(rng, n, vocab):

@@ -94,31 +94,6 @@ def test_same_seed_same_result(tiny_setup, tmp_path):
     assert a == b
 
 
-def test_contrastive_term_is_added_to_the_pair_task_objective(tiny_setup, tmp_path, monkeypatch):
-    from minbert.train import trainer as trainer_module
-
-    seen = []
-    real = trainer_module.in_batch_contrastive
-
-    def recording(u, v, labels, scale):
-        seen.append((u.shape, v.shape, labels.shape, scale))
-        return real(u, v, labels, scale)
-
-    monkeypatch.setattr(trainer_module, "in_batch_contrastive", recording)
-    config = run_config(
-        tiny_setup,
-        "heads.quora.encoding=bi",
-        "heads.quora.pooling=mean",
-        "heads.quora.contrastive=0.5",
-        "heads.quora.contrastive_scale=5",
-        "train.max_steps=15",
-    )
-    Trainer(config, tmp_path / "run").run()
-    assert seen, "the contrastive loss was never computed"
-    assert {s[3] for s in seen} == {5.0}
-    assert all(u == v and u[0] == labels[0] for u, v, labels, _ in seen)  # (B, H) pairs
-
-
 def test_calibrated_threshold_comes_from_held_out_rows(tiny_setup, tmp_path):
     import numpy as np
     from safetensors.torch import load_file
@@ -157,22 +132,6 @@ def test_calibration_needs_a_binary_task():
         load_config(None, ["heads.sst.calibrate=0.1"])
 
 
-def test_cosent_term_is_added_to_the_score_task_objective(tiny_setup, tmp_path, monkeypatch):
-    from minbert.train import trainer as trainer_module
-
-    seen = []
-    real = trainer_module.cosent
-
-    def recording(scores, targets, scale):
-        seen.append((scores.shape, float(targets.max()), scale))
-        return real(scores, targets, scale)
-
-    monkeypatch.setattr(trainer_module, "cosent", recording)
-    config = run_config(tiny_setup, "heads.sts.cosent=1", "train.max_steps=15")
-    Trainer(config, tmp_path / "run").run()
-    assert seen and all(s[1] <= 1.0 and s[2] == 20.0 for s in seen)  # normalised targets
-
-
 def test_layer_lr_decay_gives_each_layer_its_peak_lr(tiny_setup, tmp_path):
     config = run_config(
         tiny_setup,
@@ -197,31 +156,75 @@ def test_layer_lr_decay_gives_each_layer_its_peak_lr(tiny_setup, tmp_path):
     assert lr["heads.sst.classifier.1.weight"] == pytest.approx(1e-3)
 
 
-def test_rdrop_adds_the_two_passes_divergence(tiny_setup, tmp_path, monkeypatch):
-    seen = []
+class CaptureTotals(strategies.SumStrategy):
+    """The sum strategy, recording the totals it is handed (what the gradients come from)."""
 
-    class Capture(strategies.SumStrategy):
-        def backward(self, losses, shared_params):
-            seen.append({t: loss.item() for t, loss in losses.items()})
-            return super().backward(losses, shared_params)
+    def __init__(self):
+        self.seen = []
 
-    monkeypatch.setattr("minbert.train.trainer.build_strategy", lambda *a, **k: Capture())
-    config = run_config(tiny_setup, "train.tasks=['sst']", "heads.sst.rdrop=2.0")
+    def backward(self, losses, shared_params):
+        self.seen.append({t: loss.item() for t, loss in losses.items()})
+        return super().backward(losses, shared_params)
+
+
+@pytest.mark.parametrize(
+    ("task", "term", "options"),
+    [
+        ("sst", "rdrop", ["objectives.sst.rdrop.weight=2.0"]),
+        ("sts", "cosent", ["objectives.sts.cosent.weight=1.5"]),
+        (
+            "quora",
+            "contrastive",
+            [
+                "heads.quora.encoding=bi",
+                "heads.quora.pooling=mean",
+                "objectives.quora.contrastive.weight=0.5",
+                "objectives.quora.contrastive.scale=5",
+            ],
+        ),
+    ],
+)
+def test_each_extra_term_reaches_the_objective(
+    task, term, options, tiny_setup, tmp_path, monkeypatch
+):
+    capture = CaptureTotals()
+    monkeypatch.setattr("minbert.train.trainer.build_strategy", lambda *a, **k: capture)
+    config = run_config(tiny_setup, f"train.tasks=['{task}']", *options)
     trainer = Trainer(config, tmp_path / "run")
-    losses, sizes = trainer.train_step({"sst": 8})
-    assert sizes == {"sst": 8}  # rows of data, not rows through the model
-    # The objective is the task loss plus 2 * a divergence that dropout makes positive.
-    assert seen[0]["sst"] > losses["sst"] + 1e-6
+    losses, terms, sizes = trainer.train_step({task: 8})
+    assert sizes == {task: 8}  # rows of data, not rows through the model (R-Drop: twice)
+    value = terms[f"{task}.{term}"]
+    assert value > 1e-6, f"the {term} term is zero on this batch: the test shows nothing"
+    # The strategy trains on the head loss plus the weighted term, and nothing else.
+    assert capture.seen[0][task] == pytest.approx(losses[task] + value, rel=1e-6)
+    # Switched off, the same step's total is the head loss alone.
+    capture.seen.clear()
+    plain = run_config(
+        tiny_setup, f"train.tasks=['{task}']", *options[: -2 if term == "contrastive" else -1]
+    )
+    losses, terms, _ = Trainer(plain, tmp_path / "plain").train_step({task: 8})
+    assert not terms and capture.seen[0][task] == pytest.approx(losses[task], rel=1e-6)
+
+
+def test_rdrop_run_counts_rows_of_data(tiny_setup, tmp_path):
+    config = run_config(tiny_setup, "train.tasks=['sst']", "objectives.sst.rdrop.weight=2.0")
     summary = Trainer(config, tmp_path / "full").run()
-    metrics = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in metrics]
+    records = [
+        json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert records[0]["examples"] == {"sst": 40} and "sst_accuracy" in summary["dev"]
+    assert records[0]["train_terms"]["sst.rdrop"] > 0
 
 
 def test_rdrop_is_not_combined_with_smart_or_contrastive():
-    with pytest.raises(ConfigError, match="heads.sst.rdrop: not combined with train.smart"):
+    with pytest.raises(
+        ConfigError, match="objectives.sst.rdrop.weight: not combined with train.smart"
+    ):
         load_config(None, ["heads.sst.rdrop=1", "train.smart.enabled=true"])
-    with pytest.raises(ConfigError, match="heads.quora.rdrop: not combined with heads.quora"):
+    with pytest.raises(
+        ConfigError,
+        match="objectives.quora.rdrop.weight: not combined with objectives.quora.contrastive",
+    ):
         load_config(
             None,
             [

@@ -25,22 +25,25 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from minbert.run.layout import RunDir
+    from minbert.train.session import logging_to
     from minbert.train.trainer import Trainer, TrainingInterrupted
 
     if args.resume:
         if args.config or args.set or (args.out and Path(args.out) != Path(args.resume)):
             raise ConfigError("--resume continues a run as it was configured: drop --config/--set")
         out = Path(args.resume)
-        config_file = out / "config.toml"
-        if not config_file.is_file():
+        if not RunDir(out).is_run():
             raise FileNotFoundError(f"{out}: not a run folder (no config.toml)")
-        config = load_config(config_file)
+        config = load_config(RunDir(out).config)
     elif args.out:
         out, config = Path(args.out), load_config(args.config, args.set)
     else:
         raise ConfigError("give --out RUN for a new run, or --resume RUN")
+    out.mkdir(parents=True, exist_ok=True)
     try:
-        summary = Trainer(config, out, resume=bool(args.resume)).run()
+        with logging_to(RunDir(out).log, append=bool(args.resume)):
+            summary = Trainer(config, out, resume=bool(args.resume)).run()
     except TrainingInterrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         return 128 + exc.signum
@@ -51,10 +54,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from minbert.data.splits import load_split
     from minbert.device import resolve_device, use_bf16
     from minbert.eval.evaluate import evaluate
     from minbert.train.checkpoint import load_model_dir
-    from minbert.train.trainer import load_split
 
     model, tokenizer, config = load_model_dir(args.run)
     if args.set:
@@ -159,8 +162,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from minbert.eval.report import write_report
+    from minbert.run.layout import RunDir
 
-    print(f"wrote {write_report(args.run) / 'summary.md'}")
+    write_report(args.run)
+    print(f"wrote {RunDir(args.run).summary}")
     return 0
 
 

@@ -10,26 +10,26 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import tomli_w
 
+from minbert.config_renames import move_renamed_keys
 from minbert.data.tasks import TASKS
-
-
-class ConfigError(ValueError):
-    """A configuration key or value that is not allowed."""
-
-
-def _field(default: Any, doc: str, *, min: float | None = None, max: float | None = None) -> Any:
-    meta = {"doc": doc, "min": min, "max": max}
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+from minbert.model.heads import HeadSpec
+from minbert.objectives.smart import SmartConfig
+from minbert.objectives.task import TaskObjectiveConfig, check_task_objective
+from minbert.settings import (  # noqa: F401  (describe, parse_override: public here)
+    ConfigError,
+    build_table,
+    deep_copy,
+    describe,
+    parse_override,
+    set_path,
+)
+from minbert.settings import setting as _field
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,9 @@ class ModelConfig:
     name: str = _field("minilm-l6", "registered model name or local HF BERT directory")
     attention: Literal["sdpa", "manual"] = _field("sdpa", "attention implementation")
     mode: Literal["finetune", "frozen"] = _field(
-        "finetune", "finetune trains everything; frozen trains only the task heads"
+        "finetune",
+        "shorthand for train.trainable: finetune trains what train.trainable says (default "
+        "everything); frozen trains only the task heads (train.trainable = ['heads.*'])",
     )
     hidden_dropout: float = _field(
         -1.0,
@@ -58,6 +60,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class HeadConfig:
     """How one task reads the encoder. Pair options are ignored by single-sentence tasks."""
+
+    @staticmethod
+    def default_for(task: str) -> HeadConfig:
+        return default_head(task) if task in TASKS else HeadConfig()
 
     pooling: Literal["cls", "pooler", "mean", "max", "mean+max"] = _field(
         "cls", "how token states become one vector"
@@ -86,42 +92,6 @@ class HeadConfig:
         "(0: the threshold stays at p = 0.5)",
         min=0.0,
         max=0.5,
-    )
-    cosent: float = _field(
-        0.0,
-        "score tasks: weight of a CoSENT ranking loss on the batch, added to the MSE (0: off)",
-        min=0.0,
-    )
-    cosent_scale: float = _field(20.0, "scale of the score differences in CoSENT", min=0.0)
-    contrastive: float = _field(
-        0.0,
-        "bi-encoded binary pair tasks: weight of an in-batch contrastive loss on the positive "
-        "pairs' embeddings (each b among the batch's sentences; 0: off)",
-        min=0.0,
-    )
-    contrastive_scale: float = _field(
-        20.0, "temperature inverse of the contrastive loss: logits are scale * cos", min=0.0
-    )
-    label_smoothing: float = _field(
-        0.0,
-        "class tasks: cross-entropy against targets that give this share of the mass to "
-        "all classes evenly (0: one-hot targets)",
-        min=0.0,
-        max=0.5,
-    )
-    ordinal_width: float = _field(
-        0.0,
-        "class tasks with ordered classes: cross-entropy against soft targets "
-        "q_c proportional to exp(-(c - y)^2 / width), mass on the classes near the gold one "
-        "(SORD, Diaz & Marathe 2019; 0: one-hot targets)",
-        min=0.0,
-    )
-    rdrop: float = _field(
-        0.0,
-        "R-Drop (Liang et al. 2021): each training batch goes through the model twice, with "
-        "independent dropout; the loss is the mean of the two task losses plus this weight "
-        "times KL(p1 || p2) + KL(p2 || p1) (squared error for score tasks; 0: off)",
-        min=0.0,
     )
     own_layers: int = _field(
         0,
@@ -168,30 +138,6 @@ class UncertaintyConfig:
     """Uncertainty weighting (Kendall et al. 2018): one learned log-variance per task."""
 
     lr: float = _field(0.01, "learning rate of the log-variances (their own AdamW)", min=0.0)
-
-
-@dataclass(frozen=True)
-class SmartConfig:
-    """SMART (Jiang et al. 2020): adversarial smoothness on the word embeddings, optionally
-    with a Bregman proximal-point term towards a momentum teacher."""
-
-    enabled: bool = _field(False, "add the SMART regulariser to every task's loss")
-    weight: float = _field(1.0, "lambda_s: weight of the smoothness term", min=0.0)
-    epsilon: float = _field(
-        1e-5, "radius of the L-inf ball the embedding perturbation stays in", min=0.0
-    )
-    step_size: float = _field(1e-3, "eta: step of each projected ascent step", min=0.0)
-    steps: int = _field(1, "projected ascent steps per batch (0: random noise only)", min=0)
-    noise_std: float = _field(1e-5, "sigma of the Gaussian the perturbation starts from", min=0.0)
-    bregman_weight: float = _field(
-        0.0, "mu: weight of the Bregman proximal-point term (0: no momentum teacher)", min=0.0
-    )
-    bregman_beta: float = _field(
-        0.99,
-        "beta: momentum of the teacher, teacher = beta teacher + (1 - beta) model",
-        min=0.0,
-        max=1.0,
-    )
 
 
 @dataclass(frozen=True)
@@ -251,6 +197,22 @@ class TrainConfig:
         max=0.9999,
     )
     max_grad_norm: float = _field(1.0, "clip the global gradient norm (0: off)", min=0.0)
+    accumulate_steps: int = _field(
+        1,
+        "micro-batches per optimiser step: each task batch of batch_size * accumulate_steps "
+        "rows is split into this many, their gradients summed (sum and weighted strategies)",
+        min=1,
+    )
+    trainable: list[str] = _field(
+        ["*"],
+        "glob patterns over parameter names (e.g. 'heads.*', 'encoder.encoder.layer.5.*'): "
+        "the parameters that train; every other one is frozen",
+    )
+    select_by: str = _field(
+        "overall_leaderboard",
+        "the dev metric that picks the saved best epoch: overall_leaderboard, overall_mean "
+        "or <task>_<metric> of a trained task (higher is better)",
+    )
     on_nonfinite: Literal["error", "skip"] = _field(
         "error", "a NaN/inf loss or gradient stops the run, or its step is skipped and counted"
     )
@@ -274,6 +236,14 @@ class TrainConfig:
     progress: bool = _field(True, "show progress bars")
 
 
+ACCUMULATING_STRATEGIES = ("sum", "weighted")  # linear in the losses: micro-batches add up
+
+
+def selectable_metrics(tasks: list[str]) -> list[str]:
+    """Dev metrics ``train.select_by`` may name for these tasks."""
+    return ["overall_leaderboard", "overall_mean", *(f"{t}_{TASKS[t].metric}" for t in tasks)]
+
+
 def default_head(task: str) -> HeadConfig:
     """The head a task gets when the config does not say otherwise (from its TaskSpec)."""
     return HeadConfig(**TASKS[task].default_head)
@@ -289,6 +259,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     heads: dict[str, HeadConfig] = field(default_factory=_default_heads)
+    objectives: dict[str, TaskObjectiveConfig] = field(
+        default_factory=lambda: {name: TaskObjectiveConfig() for name in TASKS}
+    )
 
     def __post_init__(self) -> None:
         known = sorted(TASKS)
@@ -299,33 +272,43 @@ class Config:
             raise ConfigError("train.tasks: name at least one task")
         if len(set(self.train.tasks)) != len(self.train.tasks):
             raise ConfigError(f"train.tasks: repeated task in {self.train.tasks}")
-        for task in self.heads:
-            if task not in TASKS:
-                raise ConfigError(f"heads.{task}: unknown task; known: {known}")
+        for table in ("heads", "objectives"):
+            for task in getattr(self, table):
+                if task not in TASKS:
+                    raise ConfigError(f"{table}.{task}: unknown task; known: {known}")
         for key in ("hidden_dropout", "attention_dropout"):
             value = getattr(self.model, key)
             if value != -1 and value < 0:
                 raise ConfigError(f"model.{key}: -1 (the pretrained value) or in [0, 0.9]")
-        for task in self.train.task_weights:
-            if task not in self.train.tasks:
+        train = self.train
+        for task in train.task_weights:
+            if task not in train.tasks:
                 raise ConfigError(
-                    f"train.task_weights.{task}: not one of train.tasks {self.train.tasks}"
+                    f"train.task_weights.{task}: not one of train.tasks {train.tasks}"
                 )
-        if self.train.log_conflicts_every and len(self.train.tasks) < 2:
+        if train.log_conflicts_every and len(train.tasks) < 2:
             raise ConfigError("train.log_conflicts_every: needs two or more train.tasks")
-        if self.train.log_conflicts_every and self.model.mode == "frozen":
+        if train.log_conflicts_every and self.model.mode == "frozen":
             raise ConfigError(
                 "train.log_conflicts_every: a frozen encoder has no shared gradients to compare"
             )
-        smart = self.train.smart
-        if smart.enabled and not (smart.weight or smart.bregman_weight):
+        train.smart.check()
+        if len(train.betas) != 2 or not all(0 <= b < 1 for b in train.betas):
+            raise ConfigError(f"train.betas: two values in [0, 1), got {train.betas}")
+        if train.accumulate_steps > 1 and train.strategy not in ACCUMULATING_STRATEGIES:
             raise ConfigError(
-                "train.smart.enabled: both train.smart.weight and train.smart.bregman_weight are 0"
+                f"train.accumulate_steps: the {train.strategy} strategy needs a whole step's "
+                f"losses at once; use one of {list(ACCUMULATING_STRATEGIES)} or accumulate_steps = 1"
             )
-        if len(self.train.betas) != 2 or not all(0 <= b < 1 for b in self.train.betas):
-            raise ConfigError(f"train.betas: two values in [0, 1), got {self.train.betas}")
-        for task, head in self.heads.items():
-            spec = TASKS[task]
+        if not train.trainable:
+            raise ConfigError("train.trainable: name at least one pattern (e.g. '*')")
+        allowed = selectable_metrics(train.tasks)
+        if train.select_by not in allowed:
+            raise ConfigError(
+                f"train.select_by: {train.select_by!r} is not allowed; choose one of {allowed}"
+            )
+        for task in TASKS:
+            head, spec = self.head(task), TASKS[task]
             if head.kind == "cosine" and not (spec.is_pair and head.encoding == "bi"):
                 raise ConfigError(
                     f"heads.{task}.kind: 'cosine' needs a bi-encoded pair task "
@@ -335,34 +318,6 @@ class Config:
                 raise ConfigError(
                     f"heads.{task}.calibrate: only binary tasks have a decision threshold"
                 )
-            if head.label_smoothing and spec.label_kind != "class":
-                raise ConfigError(
-                    f"heads.{task}.label_smoothing: only multi-class tasks are smoothed"
-                )
-            if head.ordinal_width and spec.label_kind != "class":
-                raise ConfigError(
-                    f"heads.{task}.ordinal_width: only multi-class tasks have ordered classes"
-                )
-            if head.cosent and spec.label_kind != "score":
-                raise ConfigError(f"heads.{task}.cosent: only score tasks are ranked")
-            if head.contrastive and not (
-                spec.is_pair and head.encoding == "bi" and spec.label_kind == "binary"
-            ):
-                raise ConfigError(
-                    f"heads.{task}.contrastive: needs a bi-encoded binary pair task "
-                    f"(set heads.{task}.encoding = 'bi')"
-                )
-            if head.contrastive and smart.enabled and task in self.train.tasks:
-                raise ConfigError(
-                    f"heads.{task}.contrastive: not combined with train.smart.enabled"
-                )
-            if head.rdrop and smart.enabled and task in self.train.tasks:
-                raise ConfigError(f"heads.{task}.rdrop: not combined with train.smart.enabled")
-            if head.rdrop and head.contrastive:
-                raise ConfigError(
-                    f"heads.{task}.rdrop: not combined with heads.{task}.contrastive (a "
-                    "row's second copy would be one of its in-batch negatives)"
-                )
             if head.swap and not (spec.is_pair and head.encoding == "bi"):
                 raise ConfigError(
                     f"heads.{task}.swap: needs a bi-encoded pair task "
@@ -370,9 +325,37 @@ class Config:
                 )
             if any(h < 1 for h in head.hidden):
                 raise ConfigError(f"heads.{task}.hidden: sizes must be >= 1, got {head.hidden}")
+            check_task_objective(self.objective(task), spec, head, self)
 
     def head(self, task: str) -> HeadConfig:
         return self.heads.get(task) or default_head(task)
+
+    def objective(self, task: str) -> TaskObjectiveConfig:
+        return self.objectives.get(task) or TaskObjectiveConfig()
+
+    def head_specs(self, tasks: list[str] | None = None) -> dict[str, HeadSpec]:
+        """What the model needs of each task's head (``train.tasks`` unless ``tasks``)."""
+        specs = {}
+        for task in tasks or self.train.tasks:
+            h = self.head(task)
+            specs[task] = HeadSpec(
+                pooling=h.pooling,
+                kind=h.kind,
+                hidden=list(h.hidden),
+                activation=h.activation,
+                dropout=h.dropout,
+                encoding=h.encoding,
+                features=h.features,
+                swap=h.swap,
+                own_layers=h.own_layers,
+                normalise=h.normalise or h.kind == "cosine",
+                threshold=bool(h.calibrate),
+            )
+        return specs
+
+    def trainable_patterns(self) -> list[str]:
+        """``train.trainable``, or the heads alone for ``model.mode = "frozen"``."""
+        return ["heads.*"] if self.model.mode == "frozen" else list(self.train.trainable)
 
     def bi_encoded(self, task: str) -> bool:
         """True when ``task`` is a pair task whose sentences are encoded one at a time."""
@@ -385,157 +368,13 @@ class Config:
         return tomli_w.dumps(self.to_dict())
 
 
-def describe(config: Config) -> str:
-    """Every key with its current value, allowed values and meaning (``minbert config --doc``)."""
-    lines = []
-
-    def walk(obj: Any, prefix: str) -> None:
-        hints = typing.get_type_hints(type(obj))
-        for f in dataclasses.fields(obj):
-            value, key = getattr(obj, f.name), f"{prefix}{f.name}"
-            if dataclasses.is_dataclass(value):
-                walk(value, key + ".")
-            elif (
-                isinstance(value, dict)
-                and value
-                and dataclasses.is_dataclass(next(iter(value.values())))
-            ):
-                for name, sub in value.items():
-                    walk(sub, f"{key}.{name}.")
-            else:
-                allowed = (
-                    typing.get_args(hints[f.name])
-                    if typing.get_origin(hints[f.name]) is Literal
-                    else ()
-                )
-                choice = f" (one of {', '.join(map(str, allowed))})" if allowed else ""
-                lines.append(f"{key} = {value!r}{choice}\n    {f.metadata.get('doc', '')}")
-
-    walk(config, "")
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# Building a Config from nested dicts, with validation that names the key.
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(tp: Any, value: Any, key: str, meta: dict, default: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table of keys, got {value!r}")
-        return _build(tp, value, key, default)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(allowed)}")
-        return value
-    if origin is dict:
-        key_type, value_type = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {value!r}")
-        out = dict(default or {})
-        for k, v in value.items():
-            sub_default = out.get(k)
-            if sub_default is None and dataclasses.is_dataclass(value_type):
-                sub_default = _default_for(value_type, k)
-            out[k] = _convert(value_type, v, f"{key}.{k}", {}, sub_default)
-        return out
-    if origin is list:
-        (item_type,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_convert(item_type, v, f"{key}[{i}]", meta, None) for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{key}: union types are not supported in configs")
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        value = float(value)
-    elif tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-    else:
-        raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
-    low, high = meta.get("min"), meta.get("max")
-    if low is not None and value < low:
-        raise ConfigError(f"{key}: {value!r} is below the minimum {low}")
-    if high is not None and value > high:
-        raise ConfigError(f"{key}: {value!r} is above the maximum {high}")
-    return value
-
-
-def _default_for(cls: type, key: str) -> Any:
-    if cls is HeadConfig and key in TASKS:
-        return default_head(key)
-    return cls()
-
-
-def _build(cls: type, data: dict, prefix: str, default: Any) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    base = default if default is not None else cls()
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else key
-        if key not in fields:
-            where = f"[{prefix}]" if prefix else "the top level"
-            raise ConfigError(f"unknown key {full!r}; keys of {where}: {sorted(fields)}")
-        kwargs[key] = _convert(
-            hints[key], value, full, dict(fields[key].metadata), getattr(base, key)
-        )
-    try:
-        return dataclasses.replace(base, **kwargs)
-    except TypeError as exc:  # pragma: no cover - guarded by the checks above
-        raise ConfigError(f"{prefix or 'config'}: {exc}") from exc
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.lr=3e-5"`` -> (["train", "lr"], 3e-05). Values are TOML; bare words are strings."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=3e-5")
-    key, raw = text.split("=", 1)
-    key, raw = key.strip(), raw.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r}: empty key")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.split("."), value
-
-
-def _set_path(tree: dict, path: list[str], value: Any, text: str) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {text!r}: {part!r} is a value, not a table")
-        node = child
-    node[path[-1]] = value
-
-
 def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    data = _deep_copy(data)
+    data = deep_copy(data)
     for text in overrides:
         path, value = parse_override(text)
-        _set_path(data, path, value, text)
-    return _build(Config, data, "", None)
-
-
-def _deep_copy(d: dict) -> dict:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}
+        set_path(data, path, value, text)
+    move_renamed_keys(data)
+    return build_table(Config, data)
 
 
 def load_config(

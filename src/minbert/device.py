@@ -48,6 +48,14 @@ def process_peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB
 
 
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory so far: the process's resident set, and on CUDA the allocator's peak."""
+    peak = {"peak_rss_mib": round(process_peak_rss_mib())}
+    if device.type == "cuda":
+        peak["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / MIB)
+    return peak
+
+
 @functools.cache
 def c_library() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")

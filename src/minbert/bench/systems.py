@@ -33,7 +33,7 @@ from minbert.model.bert import packed_rows
 from minbert.model.loading import load_pretrained, resolve_model_dir
 from minbert.model.multitask import MultiTaskModel
 from minbert.model.tokenizer import Tokenizer
-from minbert.train.losses import task_loss
+from minbert.objectives.task import task_loss
 from minbert.train.optim import AdamW, parameter_groups
 
 TASK_NAMES = ("sst", "quora", "sts")
@@ -97,7 +97,7 @@ def build_minbert(
 ) -> System:
     encoder, _ = load_pretrained(model_name, attention, attention_dropout=attention_dropout)
     torch.manual_seed(seed)  # the heads' initial weights, copied into the peer
-    model = MultiTaskModel(encoder, bench_config(model_name, attention)).train()
+    model = MultiTaskModel(encoder, bench_config(model_name, attention).head_specs()).train()
     optimizer = AdamW(
         parameter_groups(model, WEIGHT_DECAY), lr=LR, weight_decay=WEIGHT_DECAY, compiled=True
     )

@@ -203,12 +203,19 @@ class TaskStream:
         self.passes = 0
 
     def take(self, batch_size: int) -> Batch:
+        return self.batch(self.take_rows(batch_size))
+
+    def take_rows(self, batch_size: int) -> np.ndarray:
+        """The next batch's row indices (a step may split them into micro-batches)."""
         if self.position >= len(self.order):
             self.order = grouped_order(self.lengths, batch_size, self.rng, self.group_lengths)
             self.position = 0
             self.passes += 1
         rows = self.order[self.position : self.position + batch_size]
         self.position += len(rows)
+        return rows
+
+    def batch(self, rows: np.ndarray) -> Batch:
         return self.data.batch(rows, self.pad_id)
 
     def state_dict(self) -> dict:

@@ -99,6 +99,31 @@ def plan_epoch(
     raise ValueError(f"unknown schedule {schedule!r}; use sequential, round_robin or interleaved")
 
 
+def plan_epochs(train, sizes: dict[str, int]) -> list[list[Step]]:
+    """Every epoch's steps as ``train`` (the config's ``train`` table) says, cut short at
+    ``max_steps``. A step takes ``batch_size * accumulate_steps`` rows of a task (split into
+    micro-batches later)."""
+    rows = train.batch_size * train.accumulate_steps
+    plans = [
+        plan_epoch(
+            train.schedule, sizes, rows, train.sampling, e, train.epochs, train.steps_per_epoch
+        )
+        for e in range(1, train.epochs + 1)
+    ]
+    return cut_to(plans, train.max_steps) if train.max_steps else plans
+
+
+def cut_to(plans: list[list[Step]], max_steps: int) -> list[list[Step]]:
+    """The first ``max_steps`` steps of ``plans``; epochs left without a step are dropped."""
+    cut, left = [], max_steps
+    for plan in plans:
+        if left <= 0:
+            break
+        cut.append(plan[:left])
+        left -= len(cut[-1])
+    return cut
+
+
 def planned_examples(steps: list[Step]) -> dict[str, int]:
     """Rows each task is planned to contribute over ``steps``."""
     seen: dict[str, int] = {}

@@ -7,18 +7,37 @@ class logits, a binary logit, or a score in the model's training space.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minbert.config import ConfigError, HeadConfig
 from minbert.data.batching import Batch, Segment
 from minbert.data.tasks import TaskSpec
 from minbert.model.bert import BertModel
 from minbert.model.dropout import Dropout
+from minbert.settings import ConfigError
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What the model needs to know of a task's head (the config's ``heads.<task>`` table,
+    validated there, says the same and more)."""
+
+    pooling: str = "cls"
+    kind: str = "linear"
+    hidden: list[int] = field(default_factory=lambda: [256])
+    activation: str = "gelu"
+    dropout: float = 0.1
+    encoding: str = "cross"
+    features: str = "uvdp"
+    swap: bool = False
+    own_layers: int = 0
+    normalise: bool = True  # scores trained in [0, 1] (always for a cosine head)
+    threshold: bool = False  # a calibrated decision threshold, saved with the weights
 
 
 def pool(hidden: Tensor, mask: Tensor, pooler_output: Tensor, how: str) -> Tensor:
@@ -43,7 +62,7 @@ def pooled_size(hidden_size: int, how: str) -> int:
     return 2 * hidden_size if how == "mean+max" else hidden_size
 
 
-def classifier(in_dim: int, out_dim: int, head: HeadConfig) -> nn.Sequential:
+def classifier(in_dim: int, out_dim: int, head: HeadSpec) -> nn.Sequential:
     """``linear``: dropout + linear. ``mlp``: (dropout, linear, activation) per hidden size, then linear."""
     layers: list[nn.Module] = []
     width = in_dim
@@ -108,7 +127,7 @@ def pair_features_size(width: int, features: str) -> int:
 class SequenceHead(nn.Module):
     """One sequence per example: a single sentence, or a cross-encoded pair."""
 
-    def __init__(self, spec: TaskSpec, head: HeadConfig, encoder: BertModel):
+    def __init__(self, spec: TaskSpec, head: HeadSpec, encoder: BertModel):
         super().__init__()
         self.pooling = head.pooling
         self.own_layers = own_layers(encoder, head.own_layers, spec.name)
@@ -132,7 +151,7 @@ class BiEncoderHead(nn.Module):
     learned scale and bias.
     """
 
-    def __init__(self, spec: TaskSpec, head: HeadConfig, encoder: BertModel):
+    def __init__(self, spec: TaskSpec, head: HeadSpec, encoder: BertModel):
         super().__init__()
         self.pooling = head.pooling
         self.kind = head.kind
@@ -188,7 +207,7 @@ def _pad_to(x: Tensor, width: int) -> Tensor:
     return F.pad(x, (0, width - x.shape[1]))  # pads with 0: [PAD], mask 0, segment 0
 
 
-def build_head(spec: TaskSpec, head: HeadConfig, encoder: BertModel) -> nn.Module:
+def build_head(spec: TaskSpec, head: HeadSpec, encoder: BertModel) -> nn.Module:
     """The task's head; ``heads.<task>.own_layers`` copies the encoder's top layers as they
     are now, so build heads after loading the pretrained weights."""
     if spec.is_pair and head.encoding == "bi":

@@ -5,29 +5,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from minbert.config import Config
 from minbert.data.batching import Batch
 from minbert.data.tasks import TASKS
 from minbert.model.bert import AttentionImpl, BertModel, set_attention
-from minbert.model.heads import BiEncoderHead, build_head
+from minbert.model.heads import BiEncoderHead, HeadSpec, build_head
 
 
 class MultiTaskModel(nn.Module):
-    def __init__(self, encoder: BertModel, config: Config, tasks: list[str] | None = None):
+    def __init__(self, encoder: BertModel, heads: dict[str, HeadSpec]):
+        """``heads``: task -> its head's spec (``Config.head_specs()``), in task order."""
         super().__init__()
         self.encoder = encoder
-        self.tasks = list(tasks or config.train.tasks)
-        self.heads = nn.ModuleDict(
-            {t: build_head(TASKS[t], config.head(t), encoder) for t in self.tasks}
-        )
+        self.tasks = list(heads)
+        self.heads = nn.ModuleDict({t: build_head(TASKS[t], heads[t], encoder) for t in heads})
         for t in self.tasks:
-            if config.head(t).calibrate:
+            if heads[t].threshold:
                 # The logit above which the task predicts 1; set by calibration on held-out
                 # training rows (trainer.py), saved with the weights.
                 self.heads[t].register_buffer("threshold", torch.zeros(()))
-        self.normalise = {
-            t: config.head(t).normalise or config.head(t).kind == "cosine" for t in self.tasks
-        }
+        self.normalise = {t: heads[t].normalise for t in self.tasks}
 
     def forward(self, task: str, batch: Batch) -> Tensor:
         if task not in self.heads:

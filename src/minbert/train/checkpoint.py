@@ -60,7 +60,7 @@ def load_model_dir(run_or_dir: str | Path) -> tuple[MultiTaskModel, Tokenizer, C
     encoder = BertModel(
         BertConfig.from_json(model_dir / "encoder.json"), attention=config.model.attention
     )
-    model = MultiTaskModel(encoder, config, meta["tasks"])
+    model = MultiTaskModel(encoder, config.head_specs(meta["tasks"]))
     model.load_state_dict(load_file(model_dir / "model.safetensors"), strict=True)
     tokenizer = Tokenizer(
         model_dir / "vocab.txt", meta.get("lowercase", True), ptb_text=config.data.ptb_text

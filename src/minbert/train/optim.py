@@ -165,6 +165,22 @@ def parameter_groups(
     return out
 
 
+def peak_lr_rule(model: nn.Module, cfg) -> Callable[[str], float | None]:
+    """A parameter's own peak LR by name (None: ``train.lr``): ``head_lr`` for the heads, and
+    ``lr * layer_lr_decay ** depth`` for encoder layers ``depth`` below the top (the model
+    says which are which: ``is_head_parameter``, ``depth_below_top``)."""
+
+    def peak(name: str) -> float | None:
+        if cfg.head_lr and model.is_head_parameter(name):
+            return cfg.head_lr
+        depth = model.depth_below_top(name)
+        if cfg.layer_lr_decay < 1 and depth:
+            return cfg.lr * cfg.layer_lr_decay**depth
+        return None
+
+    return peak
+
+
 def lr_lambda(kind: str, total_steps: int, warmup_steps: int):
     """Multiplier of the peak LR at each step: linear warm-up, then linear/cosine decay to 0."""
     if kind not in ("linear", "cosine", "constant"):

@@ -12,15 +12,19 @@ The atomic-write helpers every checkpoint and results file goes through live her
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from minbert.data.schedules import planned_examples
 
 STATE_FILE = "state.json"
 TENSOR_FILE = "state.safetensors"
@@ -70,6 +74,12 @@ def unflatten(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def _key(k: Any) -> Any:
     return tuple(k) if isinstance(k, list) else k
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def rng_state() -> dict:
@@ -173,3 +183,60 @@ def recover(folder: Path) -> Path:
     if not folder.exists() and old.exists():
         old.rename(folder)
     return folder
+
+
+@dataclass
+class RunState:
+    """Where a run stands; saved in ``RUN/last/`` with everything else a resume needs."""
+
+    step: int = 0  # optimiser steps done (skipped ones included)
+    epoch: int = 1  # the epoch in progress
+    step_in_epoch: int = 0  # steps of this epoch's plan done
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    skipped: int = 0  # steps skipped for non-finite values, whole run
+    # Running sums of the epoch in progress, for its log record.
+    loss_sum: dict[str, float] = field(default_factory=dict)
+    loss_count: dict[str, int] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)
+    # Extra terms of the objectives ("<objective>.<term>"), summed like the losses.
+    term_sum: dict[str, float] = field(default_factory=dict)
+    # Per-step task weights and gradient conflicts of the epoch in progress (conflicts.py).
+    step_log: dict = field(default_factory=dict)
+    epoch_train_seconds: float = 0.0  # time in training steps, epoch in progress
+    elapsed_seconds: float = 0.0  # time in steps and evaluations, whole run
+
+    def add_step(self, losses: dict[str, float], terms: dict[str, float], sizes: dict[str, int]):
+        for t, value in losses.items():
+            self.loss_sum[t] = self.loss_sum.get(t, 0.0) + value
+            self.loss_count[t] = self.loss_count.get(t, 0) + 1
+        for key, value in terms.items():
+            self.term_sum[key] = self.term_sum.get(key, 0.0) + value
+        for t, n in sizes.items():
+            self.seen[t] = self.seen.get(t, 0) + n
+        self.step_in_epoch += 1
+
+    def epoch_record(self, tasks: list[str], plan: list, dev: dict, lr: float) -> dict:
+        """The ``metrics.jsonl`` record of the epoch in progress (its first fields)."""
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": {t: self.loss_sum[t] / self.loss_count[t] for t in self.loss_count},
+            "examples": {t: self.seen.get(t, 0) for t in tasks},
+            "planned_examples": planned_examples(plan),
+            "skipped_steps": self.skipped,
+            "dev": dev,
+            "lr": lr,
+            "train_seconds": round(self.epoch_train_seconds, 2),
+            "elapsed_seconds": round(self.elapsed_seconds, 2),
+        }
+
+    def term_means(self) -> dict[str, float]:
+        """Each extra term ("<objective>.<term>") averaged over its objective's steps."""
+        return {k: v / self.loss_count[k.split(".")[0]] for k, v in self.term_sum.items()}
+
+    def next_epoch(self) -> None:
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.loss_sum, self.loss_count, self.seen, self.term_sum = {}, {}, {}, {}
+        self.step_log = {}
+        self.epoch_train_seconds = 0.0

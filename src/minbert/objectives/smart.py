@@ -31,14 +31,46 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minbert.config import SmartConfig
 from minbert.data.batching import Batch
 from minbert.data.tasks import TASKS
+from minbert.objectives.base import Term
+from minbert.settings import ConfigError, setting
+
+
+@dataclass(frozen=True)
+class SmartConfig:
+    """SMART (Jiang et al. 2020): adversarial smoothness on the word embeddings, optionally
+    with a Bregman proximal-point term towards a momentum teacher."""
+
+    enabled: bool = setting(False, "add the SMART regulariser to every task's loss")
+    weight: float = setting(1.0, "lambda_s: weight of the smoothness term", min=0.0)
+    epsilon: float = setting(
+        1e-5, "radius of the L-inf ball the embedding perturbation stays in", min=0.0
+    )
+    step_size: float = setting(1e-3, "eta: step of each projected ascent step", min=0.0)
+    steps: int = setting(1, "projected ascent steps per batch (0: random noise only)", min=0)
+    noise_std: float = setting(1e-5, "sigma of the Gaussian the perturbation starts from", min=0.0)
+    bregman_weight: float = setting(
+        0.0, "mu: weight of the Bregman proximal-point term (0: no momentum teacher)", min=0.0
+    )
+    bregman_beta: float = setting(
+        0.99,
+        "beta: momentum of the teacher, teacher = beta teacher + (1 - beta) model",
+        min=0.0,
+        max=1.0,
+    )
+
+    def check(self) -> None:
+        if self.enabled and not (self.weight or self.bregman_weight):
+            raise ConfigError(
+                "train.smart.enabled: both train.smart.weight and train.smart.bregman_weight are 0"
+            )
 
 
 def symmetric_kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:
@@ -219,3 +251,17 @@ def _unit(grad: Tensor | None, like: Tensor) -> Tensor:
     if grad is None:
         return torch.zeros_like(like)
     return grad / grad.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+class SmartTerm(Term):
+    """SMART as a term of one task's loss. One ``Smart`` (one teacher) serves every task."""
+
+    name = "smart"
+    Config = SmartConfig
+    owns_forward = True  # the perturbed forwards replay the clean one's random state
+
+    def __init__(self, smart: Smart):
+        self.smart = smart
+
+    def forward(self, model: nn.Module, task: str, batch: Batch) -> tuple[Tensor, Tensor]:
+        return self.smart.forward(model, task, batch)

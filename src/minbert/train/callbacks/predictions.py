@@ -1,0 +1,50 @@
+"""The final predictions: the best model reloaded, dev scored again, dev and test predictions
+written (``RUN/predictions/``), and ``RUN/final.json``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from minbert.data.io import write_predictions
+from minbert.data.splits import load_split
+from minbert.data.tasks import TASKS
+from minbert.eval.evaluate import evaluate
+from minbert.train.callbacks.base import Callback
+from minbert.train.checkpoint import load_model_dir
+from minbert.train.state import write_atomic
+
+
+class FinalPredictions(Callback):
+    name = "predictions"
+
+    def on_train_end(self, trainer, summary: dict) -> None:
+        """Fills ``summary["dev"]`` with the reloaded best model's dev scores."""
+        run, cfg = trainer.run_dir, trainer.config.train
+        model, _, _ = load_model_dir(run.best)
+        model.to(trainer.device)
+        dev, dev_predictions = evaluate(
+            model, trainer.dev_data, cfg.eval_batch_size, trainer.device, trainer.bf16
+        )
+        test_data = {
+            t: load_split(trainer.config, t, "test", trainer.tokenizer) for t in trainer.tasks
+        }
+        _, test_predictions = evaluate(
+            model, test_data, cfg.eval_batch_size, trainer.device, trainer.bf16
+        )
+        for split, data, predictions in (
+            ("dev", trainer.dev_data, dev_predictions),
+            ("test", test_data, test_predictions),
+        ):
+            for task, d in data.items():
+                write_predictions(
+                    run.predictions(task, split),
+                    d.ids,
+                    predictions[task].values,
+                    TASKS[task].label_kind,
+                )
+                if split == "dev":  # raw outputs, for the report's confidence-ranked errors
+                    np.save(run.outputs(task, split), predictions[task].outputs)
+        summary["dev"] = dev
+        write_atomic(run.final, json.dumps(summary, indent=2) + "\n")
