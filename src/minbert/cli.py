@@ -40,7 +40,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         out, config = Path(args.out), load_config(args.config, args.set)
     else:
         raise ConfigError("give --out RUN for a new run, or --resume RUN")
-    out.mkdir(parents=True, exist_ok=True)
     try:
         with logging_to(RunDir(out).log, append=bool(args.resume)):
             summary = Trainer(config, out, resume=bool(args.resume)).run()

@@ -223,7 +223,10 @@ class BertSelfAttention(nn.Module):
         def padded(x: Tensor) -> Tensor:
             return x if packing is None else packing.pad(x)
 
-        if not self.stack_projections:
+        # A wrapper around nn.Linear (LoRA: base weight plus its own low-rank path) must run
+        # its own forward: concatenating .weight would skip it. Only plain layers are stacked.
+        plain = all(type(linear) is nn.Linear for linear in linears)
+        if not (self.stack_projections and plain):
             return [self._split_heads(padded(linear(hidden)), 1)[0] for linear in linears]
         weight = torch.cat([linear.weight for linear in linears])
         bias = torch.cat([linear.bias for linear in linears])

@@ -17,6 +17,7 @@ from minbert.config import Config, load_config
 from minbert.model.bert import BertConfig, BertModel
 from minbert.model.multitask import MultiTaskModel
 from minbert.model.tokenizer import Tokenizer
+from minbert.run.layout import RunDir
 from minbert.train.state import recover, swap_in
 
 
@@ -43,8 +44,8 @@ def save_model_dir(
 def find_model_dir(run_or_dir: str | Path) -> Path:
     """Accept a run folder (uses its ``best/``) or a model directory itself."""
     path = Path(run_or_dir)
-    recover(path / "best")
-    for candidate in (path, path / "best"):
+    best = recover(RunDir(path).best)
+    for candidate in (path, best):
         if (candidate / "model.safetensors").is_file() and (candidate / "config.toml").is_file():
             return candidate
     raise FileNotFoundError(

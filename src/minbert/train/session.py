@@ -13,15 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from minbert.run.layout import RunDir
-from minbert.train.state import write_atomic
+from minbert.train.state import TrainingError, write_atomic
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 MIN_FREE_BYTES = 512 * 2**20  # RUN/last/ of MiniLM is 266 MiB (du -sh)
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss, an unusable output folder, ...)."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -61,7 +57,11 @@ def prepare_run_dir(run: RunDir, config_toml: str, resume: bool) -> None:
 @contextmanager
 def logging_to(path: Path, append: bool) -> Iterator[None]:
     """The ``minbert`` loggers also write to ``path`` inside the block."""
-    handler = logging.FileHandler(path, mode="a" if append else "w", encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, mode="a" if append else "w", encoding="utf-8")
+    except OSError as exc:
+        raise TrainingError(f"cannot write to the output folder {path.parent}: {exc}") from exc
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("minbert")
     root.addHandler(handler)

@@ -76,6 +76,20 @@ def _key(k: Any) -> Any:
     return tuple(k) if isinstance(k, list) else k
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, an unusable output folder, ...)."""
+
+
+def check_finite(model: torch.nn.Module, step: int) -> None:
+    """Raise (before anything is saved) when a parameter holds NaN or inf."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise TrainingError(
+                f"parameter {name} holds NaN/inf after step {step}; "
+                "nothing was saved over the previous checkpoint"
+            )
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -34,14 +34,10 @@ from minbert.run.layout import RunDir
 from minbert.train.callbacks import Callback, build_callbacks
 from minbert.train.conflicts import epoch_fields
 from minbert.train.optim import AdamW, parameter_groups, peak_lr_rule, warmup_schedule
-from minbert.train.session import (
-    TrainingError,
-    TrainingInterrupted,
-    prepare_run_dir,
-    stop_signals,
-)
+from minbert.train.session import TrainingError, TrainingInterrupted, prepare_run_dir, stop_signals
 from minbert.train.state import (
     RunState,
+    check_finite,
     load_state,
     recover,
     rng_state,
@@ -157,12 +153,7 @@ class Trainer:
         save_state(self.run_dir.last, self._training_state())
 
     def check_finite_weights(self) -> None:
-        for name, p in self.model.named_parameters():
-            if not torch.isfinite(p).all():
-                raise TrainingError(
-                    f"parameter {name} holds NaN/inf after step {self.state.step}; "
-                    "nothing was saved over the previous checkpoint"
-                )
+        check_finite(self.model, self.state.step)
 
     # -- the loop -------------------------------------------------------------------------------
 
