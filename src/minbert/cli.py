@@ -84,50 +84,36 @@ def _check_tasks(asked: list[str], trained: list[str]) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from minbert.data.batching import encode_task
-    from minbert.data.io import TaskData, read_task_file, write_predictions
+    from minbert.data.io import read_task_file, write_predictions
     from minbert.data.tasks import TASKS
-    from minbert.device import resolve_device, use_bf16
-    from minbert.eval.evaluate import predict
-    from minbert.train.checkpoint import load_model_dir
+    from minbert.eval.predictor import Predictor, PredictorError
 
-    model, tokenizer, config = load_model_dir(args.run)
-    _check_tasks([args.task], model.tasks)
-    spec = TASKS[args.task]
-    if args.input:
-        data = read_task_file(args.input, spec, "input", labelled=False)
-    else:
-        if args.text is None:
-            raise SystemExit("give --text (and --text2 for pair tasks) or --input FILE")
-        if spec.is_pair != (args.text2 is not None):
-            need = "--text and --text2" if spec.is_pair else "only --text"
-            raise SystemExit(f"task {args.task} needs {need}")
-        texts = (args.text,) if not spec.is_pair else (args.text, args.text2)
-        if not all(t.strip() for t in texts):
-            raise SystemExit("empty text")
-        data = TaskData(args.task, "input", Path("<command line>"), ["text"], [texts], None, [])
-    device = resolve_device(config.train.device)
-    encoded = encode_task(
-        data, tokenizer, config.data.max_length, bi_encode=config.bi_encoded(args.task)
-    )
-    preds = predict(
-        model.to(device),
-        encoded,
-        config.train.eval_batch_size,
-        device,
-        use_bf16(config.train.precision, device),
-    ).values
+    predictor = Predictor.from_run(args.run)
+    try:
+        predictor.check_task(args.task)
+        spec = TASKS[args.task]
+        if args.input:
+            data = read_task_file(args.input, spec, "input", labelled=False)
+            preds, ids = predictor.predict_data(data), data.ids
+        else:
+            if args.text is None:
+                raise SystemExit("give --text (and --text2 for pair tasks) or --input FILE")
+            if spec.is_pair != (args.text2 is not None):
+                need = "--text and --text2" if spec.is_pair else "only --text"
+                raise SystemExit(f"task {args.task} needs {need}")
+            text = (args.text, args.text2) if spec.is_pair else args.text
+            preds, ids = predictor.predict(args.task, [text]), ["text"]
+    except PredictorError as exc:
+        raise SystemExit(str(exc).removeprefix("input 0: ")) from None
     if args.output:
-        write_predictions(args.output, data.ids, preds, spec.label_kind)
+        write_predictions(args.output, ids, preds, spec.label_kind)
         print(f"wrote {len(preds)} predictions to {args.output}")
     elif args.input:
-        for row_id, p in zip(data.ids, preds, strict=True):
+        for row_id, p in zip(ids, preds, strict=True):
             print(f"{row_id},{p:.4f}" if spec.label_kind == "score" else f"{row_id},{int(p)}")
     else:
         value = preds[0]
-        print(f"{value:.4f}" if spec.label_kind == "score" else int(np.asarray(value)))
+        print(f"{value:.4f}" if spec.label_kind == "score" else int(value))
     return 0
 
 
