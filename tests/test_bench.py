@@ -25,8 +25,9 @@ from minbert.bench.systems import (
     max_output_difference,
     minbert_attention_like,
 )
-from minbert.bench.throughput import ABLATIONS, headline_ratios, options_from_args
+from minbert.bench.throughput import ABLATIONS, headline_ratios
 from minbert.cli import build_parser, main
+from minbert.cli_bench import options_from_args
 from minbert.data.batching import Batch, Segment
 
 pytest.importorskip("transformers")  # the peer; a dev dependency

@@ -163,7 +163,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from minbert.bench.systems import BenchError
-    from minbert.bench.throughput import options_from_args, run
+    from minbert.bench.throughput import run
+    from minbert.cli_bench import options_from_args
 
     try:
         _, report = run(options_from_args(args))
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cp.set_defaults(func=cmd_compare)
 
-    from minbert.bench.throughput import add_arguments as add_bench_arguments
+    from minbert.cli_bench import add_arguments as add_bench_arguments
 
     be = sub.add_parser(
         "bench", help="throughput of minbert against transformers (docs/PERFORMANCE.md)"
