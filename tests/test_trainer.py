@@ -96,6 +96,7 @@ def test_same_seed_same_result(tiny_setup, tmp_path):
 
 def test_calibrated_threshold_comes_from_held_out_rows(tiny_setup, tmp_path):
     import numpy as np
+    import torch
     from safetensors.torch import load_file
 
     from minbert.eval.evaluate import predict
@@ -113,12 +114,23 @@ def test_calibrated_threshold_comes_from_held_out_rows(tiny_setup, tmp_path):
     assert found["heldout_accuracy"] >= found["heldout_accuracy_at_0"]
     saved = load_file(tmp_path / "run" / "best" / "model.safetensors")["heads.quora.threshold"]
     assert saved.item() == pytest.approx(found["threshold"], abs=1e-4)
-    # The saved model predicts 1 exactly where its raw logit is above the threshold.
+    # The saved model predicts 1 exactly where its raw logit is above the threshold. The raw
+    # logits come from the same model with its threshold at 0.
     model, _, _ = load_model_dir(tmp_path / "run")
     dev = trainer.dev_data["quora"]
     shifted = predict(model, dev)
-    raw = shifted.outputs + saved.item()
+    with torch.no_grad():
+        model.heads["quora"].threshold.zero_()
+    raw = predict(model, dev).outputs
     assert np.array_equal(shifted.values, (raw > saved.item()).astype(np.int64))
+    # A threshold that changes decisions must change the predictions accordingly (the
+    # calibrated one may change none of 12 tiny dev rows, so take one that does).
+    cuts = (np.sort(raw)[1:] + np.sort(raw)[:-1]) / 2
+    moved = next(c for c in cuts if not np.array_equal(raw > c, raw > 0))
+    with torch.no_grad():
+        model.heads["quora"].threshold.fill_(float(moved))
+    assert np.array_equal(predict(model, dev).values, (raw > moved).astype(np.int64))
+    assert not np.array_equal(predict(model, dev).values, (raw > 0).astype(np.int64))
     written = (tmp_path / "run" / "predictions" / "quora-dev.csv").read_text().splitlines()[1:]
     assert [int(line.split(",")[1]) for line in written] == shifted.values.tolist()
     summary = (tmp_path / "run" / "report" / "summary.md").read_text()
