@@ -105,7 +105,9 @@ def test_trainable_globs_choose_what_trains(tiny_setup, tmp_path):
     trains = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert "encoder.encoder.layer.1.output.dense.weight" in trains
     assert "heads.sst.classifier.1.weight" in trains
-    assert not any(n.startswith(("encoder.embeddings.", "encoder.encoder.layer.0.")) for n in trains)
+    assert not any(
+        n.startswith(("encoder.embeddings.", "encoder.encoder.layer.0.")) for n in trains
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train_step({"sst": 8})
     for name, p in trainer.model.named_parameters():

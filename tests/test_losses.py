@@ -47,9 +47,13 @@ def test_contrastive_is_zero_without_positives_and_rewards_aligned_pairs():
 
 def test_contrastive_needs_a_bi_encoded_binary_task():
     load_config(None, ["heads.quora.encoding=bi", "heads.quora.contrastive=0.5"])
-    with pytest.raises(ConfigError, match="objectives.quora.contrastive.weight: needs a bi-encoded"):
+    with pytest.raises(
+        ConfigError, match="objectives.quora.contrastive.weight: needs a bi-encoded"
+    ):
         load_config(None, ["heads.quora.encoding=cross", "heads.quora.contrastive=0.5"])
-    with pytest.raises(ConfigError, match="objectives.sts.contrastive.weight: needs a bi-encoded binary"):
+    with pytest.raises(
+        ConfigError, match="objectives.sts.contrastive.weight: needs a bi-encoded binary"
+    ):
         load_config(None, ["heads.sts.encoding=bi", "heads.sts.contrastive=0.5"])
 
 

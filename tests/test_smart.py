@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from minbert.config import load_config
-from minbert.objectives.smart import SmartConfig
 from minbert.data.batching import Batch, pad_sequences
 from minbert.data.tasks import TASKS
 from minbert.model.multitask import MultiTaskModel
-from minbert.objectives.smart import Smart, divergence, symmetric_kl
+from minbert.objectives.smart import Smart, SmartConfig, divergence, symmetric_kl
 
 # single sentence, cross-encoded pair, bi-encoded pair (one encoder call of 2B sequences)
 HEADS = ["heads.quora.encoding=bi", "heads.sts.encoding=cross"]

@@ -196,7 +196,9 @@ def test_gradnorm_state_round_trips_through_a_checkpoint(tmp_path):
 def test_gradnorm_layer_defaults_to_the_last_encoder_layer(tiny_model):
     from minbert.model.multitask import MultiTaskModel
 
-    model = MultiTaskModel(tiny_model, load_config(None, ["train.tasks=['sst','sts']"]).head_specs())
+    model = MultiTaskModel(
+        tiny_model, load_config(None, ["train.tasks=['sst','sts']"]).head_specs()
+    )
     last = [p for n, p in model.named_parameters() if n.startswith("encoder.encoder.layer.1.")]
     assert layer_parameters(model, "") == last
     embeddings = layer_parameters(model, "encoder.embeddings")
