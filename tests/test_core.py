@@ -146,3 +146,27 @@ def test_moved_keys_keep_working_and_name_the_new_key(caplog):
         load_config(None, ["heads.sst.rdrop=1", "objectives.sst.rdrop.weight=2"])
     # A saved config (every key, in the new spelling) loads back to the same config.
     assert config_from_dict(tomllib.loads(config.to_toml())) == config
+
+
+def test_an_extra_callback_sees_each_epoch_after_best_and_checkpoint(tiny_setup, tmp_path):
+    from minbert.train.callbacks import Callback
+
+    class Pruner(Callback):  # what a hyper-parameter search plugs in
+        name = "pruner"
+
+        def __init__(self):
+            self.seen = []
+
+        def on_epoch_end(self, trainer, record):
+            run = RunDir(trainer.run_dir.root)
+            saved = json.loads((run.last / "state.json").read_text())["run"]
+            self.seen.append((record["epoch"], saved["epoch"], run.best.is_dir()))
+            if record["epoch"] == 2:
+                raise RuntimeError("pruned")
+
+    pruner = Pruner()
+    config = run_config(tiny_setup, "train.epochs=3")
+    with pytest.raises(RuntimeError, match="pruned"):
+        Trainer(config, tmp_path / "run", callbacks=[pruner]).run()
+    # Each epoch's checkpoint already says the next epoch is the one to run.
+    assert pruner.seen == [(1, 2, True), (2, 3, True)]
