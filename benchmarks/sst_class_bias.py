@@ -17,9 +17,9 @@ import argparse
 import numpy as np
 import torch
 
-from minbert.eval.evaluate import predict
-from minbert.train.checkpoint import load_model_dir
 from minbert.device import use_bf16
+from minbert.eval.evaluate import predict
+from minbert.run.model_dir import load_model_dir
 from minbert.train.trainer import load_split
 
 GRID = np.linspace(-1.5, 1.5, 61)

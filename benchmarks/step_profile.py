@@ -26,8 +26,8 @@ from minbert.bench.systems import (
     synthetic_batch,
     train_run,
 )
-from minbert.model.loading import load_pretrained
 from minbert.device import keep_freed_memory
+from minbert.model.loading import load_pretrained
 
 MATMULS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"}
 ATTENTION = "scaled_dot_product"

@@ -100,7 +100,7 @@ def test_calibrated_threshold_comes_from_held_out_rows(tiny_setup, tmp_path):
     from safetensors.torch import load_file
 
     from minbert.eval.evaluate import predict
-    from minbert.train.checkpoint import load_model_dir
+    from minbert.run.model_dir import load_model_dir
 
     config = run_config(tiny_setup, "heads.quora.calibrate=0.25", "train.epochs=1")
     trainer = Trainer(config, tmp_path / "run")
@@ -273,7 +273,7 @@ def test_encoder_dropout_is_the_pretrained_one_or_a_rate():
 
 
 def test_ptb_text_reaches_training_and_the_saved_run(tiny_setup, tmp_path):
-    from minbert.train.checkpoint import load_model_dir
+    from minbert.run.model_dir import load_model_dir
 
     config = run_config(tiny_setup, "data.ptb_text=true", "train.tasks=['sst']", "train.epochs=1")
     trainer = Trainer(config, tmp_path / "run")

@@ -56,7 +56,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from minbert.data.splits import load_split
     from minbert.device import resolve_device, use_bf16
     from minbert.eval.evaluate import evaluate
-    from minbert.train.checkpoint import load_model_dir
+    from minbert.run.model_dir import load_model_dir
 
     model, tokenizer, config = load_model_dir(args.run)
     if args.set:
@@ -119,7 +119,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from minbert.model.loading import export_pretrained, load_pretrained
-    from minbert.train.checkpoint import load_model_dir
+    from minbert.run.model_dir import load_model_dir
 
     try:  # a run folder or model directory, else a pretrained model name or HF directory
         model, tokenizer, _ = load_model_dir(args.source)

@@ -21,7 +21,7 @@ from minbert.device import resolve_device, use_bf16
 from minbert.eval.evaluate import predict
 from minbert.model.multitask import MultiTaskModel
 from minbert.model.tokenizer import Tokenizer
-from minbert.train.checkpoint import load_model_dir
+from minbert.run.model_dir import load_model_dir
 
 
 class PredictorError(ValueError):

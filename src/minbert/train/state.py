@@ -5,15 +5,13 @@ JSON tree and a flat dict of tensors: every tensor in the tree becomes ``{"__ten
 and goes to ``state.safetensors``. Dicts with non-string keys (an optimiser's per-parameter
 state is keyed by int) and tuples are tagged so they come back as they were.
 
-The atomic-write helpers every checkpoint and results file goes through live here too:
-``write_atomic`` for one file, ``swap_in`` / ``recover`` for a folder (``last/``, ``best/``).
+Checkpoints are written through ``minbert.run.atomic`` (``swap_in``: never half-written).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minbert.data.schedules import planned_examples
+from minbert.run.atomic import recover, swap_in, write_atomic  # noqa: F401 (recover: callers)
 
 STATE_FILE = "state.json"
 TENSOR_FILE = "state.safetensors"
@@ -122,16 +121,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def save_state(folder: Path, state: dict) -> None:
     """Write ``folder`` atomically: a sibling temporary folder, fsynced, then swapped in.
 
@@ -156,47 +145,6 @@ def load_state(folder: Path) -> dict:
         raise FileNotFoundError(f"{folder}: no training checkpoint here (nothing to resume)")
     tree = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
     return unflatten(tree, load_file(folder / TENSOR_FILE))
-
-
-def fsync_tree(folder: Path) -> None:
-    """Flush the files of ``folder`` and the folder's own entry list to disk."""
-    for f in folder.iterdir():
-        with f.open("rb") as handle:
-            os.fsync(handle.fileno())
-    _fsync_dir(folder)
-
-
-def swap_in(tmp: Path, folder: Path) -> None:
-    """Replace ``folder`` by the finished ``tmp`` folder (same parent) as atomically as a
-    file system allows: ``folder`` is renamed aside, ``tmp`` renamed in, the old one removed.
-    A reader that finds no ``folder`` after a crash falls back to ``.folder.old``."""
-    fsync_tree(tmp)
-    old = folder.with_name(f".{folder.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    _fsync_dir(folder.parent)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def recover(folder: Path) -> Path:
-    """``folder``, or its ``.old`` copy when a crash came between the two renames of swap_in."""
-    folder = Path(folder)
-    old = folder.with_name(f".{folder.name}.old")
-    if not folder.exists() and old.exists():
-        old.rename(folder)
-    return folder
 
 
 @dataclass

@@ -11,8 +11,8 @@ from minbert.data.io import write_predictions
 from minbert.data.splits import load_split
 from minbert.data.tasks import TASKS
 from minbert.eval.evaluate import evaluate
+from minbert.run.model_dir import load_model_dir
 from minbert.train.callbacks.base import Callback
-from minbert.train.checkpoint import load_model_dir
 from minbert.train.state import write_atomic
 
 

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from minbert.run.model_dir import save_model_dir
 from minbert.train.callbacks.base import Callback
-from minbert.train.checkpoint import save_model_dir
 
 
 class SelectBest(Callback):

@@ -17,8 +17,8 @@ from minbert.config import Config, load_config
 from minbert.model.bert import BertConfig, BertModel
 from minbert.model.multitask import MultiTaskModel
 from minbert.model.tokenizer import Tokenizer
+from minbert.run.atomic import recover, swap_in
 from minbert.run.layout import RunDir
-from minbert.train.state import recover, swap_in
 
 
 def save_model_dir(
