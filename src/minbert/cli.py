@@ -11,6 +11,7 @@ from minbert.config import ConfigError, config_from_dict, load_config
 from minbert.data.io import DataError
 from minbert.eval.report import ReportError
 from minbert.model.loading import WeightsError
+from minbert.run.layout import RunFileError
 
 log = logging.getLogger("minbert")
 
@@ -267,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         DataError,
         WeightsError,
         ReportError,
+        RunFileError,
         TrainingError,
         FileNotFoundError,
     ) as exc:

@@ -12,6 +12,8 @@ import json
 import statistics
 from pathlib import Path
 
+from minbert.run.layout import RunDir
+
 COLUMNS = [
     ("sst_accuracy", "SST acc"),
     ("cfimdb_accuracy", "CFIMDB acc"),
@@ -23,13 +25,11 @@ COLUMNS = [
 
 
 def run_summary(run: Path) -> dict:
-    final = run / "final.json"
-    if not final.is_file():
-        raise FileNotFoundError(f"{run}: no final.json (the run has not finished)")
-    summary = json.loads(final.read_text())
-    records = [
-        json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line
-    ]
+    layout = RunDir(run)
+    if not layout.final.is_file():
+        raise FileNotFoundError(f"{run}: no {layout.final.name} (the run has not finished)")
+    summary = json.loads(layout.final.read_text())
+    records = layout.read_metrics()
     summary["epochs"] = len(records)
     summary["examples"] = {
         task: sum(r["examples"].get(task, 0) for r in records) for task in records[0]["examples"]

@@ -1,5 +1,5 @@
 """Run folders: ``RunDir`` names every file a run writes (``layout.py``)."""
 
-from minbert.run.layout import RunDir
+from minbert.run.layout import RunDir, RunFileError
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "RunFileError"]

@@ -20,6 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+class RunFileError(ValueError):
+    """A file of a run folder that cannot be read as what it should be."""
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: Path
@@ -80,8 +84,22 @@ class RunDir:
         return self.config.is_file()
 
     def read_metrics(self) -> list[dict]:
-        """The epoch records so far ([] before the first epoch ends)."""
+        """The epoch records so far ([] before the first epoch ends); a bad line is an error
+        naming file:line."""
         if not self.metrics.exists():
             return []
+        records = []
         lines = self.metrics.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        for line_no, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RunFileError(f"{self.metrics}:{line_no}: not a JSON record ({exc})") from None
+            if not isinstance(record, dict) or "epoch" not in record:
+                raise RunFileError(
+                    f"{self.metrics}:{line_no}: expected an object with an 'epoch' key"
+                )
+            records.append(record)
+        return records

@@ -1,0 +1,83 @@
+"""A run's report: tables, training curves, confusion matrices, score scatters, worst errors.
+
+``write_report(run_dir)`` reads only what a run leaves in its folder (``config.toml``,
+``metrics.jsonl``, ``final.json``, ``predictions/``, all named by ``RunDir``) plus the dev files
+its config names, so a report can be rebuilt at any time without the model, and on a machine
+without a GPU.
+
+Everything task-specific comes from the task registry (``label_kind``, ``num_classes``,
+``score_range``, ``metric``): a new task gets a report without touching this package. The only
+per-task entries here are optional display names for class labels.
+
+- ``read``: reading the run folder (``ReportError``, ``read_predictions``,
+  ``check_ids``, ``load_outputs``) and the pure helpers (``confusion_matrix``,
+  ``bucket_errors``, ``worst_errors``), tested on their own;
+- ``plots``: the matplotlib figures, arrays in and a PNG file out;
+- ``summary``: the markdown tables, ``summary.md`` and ``write_report``.
+"""
+
+from minbert.eval.report.plots import (
+    DPI,
+    plot_conflicts,
+    plot_confusion,
+    plot_curves,
+    plot_scatter,
+    plot_task_weights,
+)
+from minbert.eval.report.read import (
+    LABEL_NAMES,
+    WORST_K,
+    RankedErrors,
+    ReportError,
+    bucket_errors,
+    check_ids,
+    check_run,
+    confusion_matrix,
+    joined_step_log,
+    label_names,
+    label_text,
+    load_outputs,
+    num_labels,
+    read_config,
+    read_dev,
+    read_final,
+    read_predictions,
+    score_edges,
+    sigmoid,
+    softmax,
+    worst_errors,
+)
+from minbert.eval.report.summary import PRETRAINING_OVERLAP, TEXT_CHARS, write_report
+
+__all__ = [
+    "DPI",
+    "LABEL_NAMES",
+    "PRETRAINING_OVERLAP",
+    "TEXT_CHARS",
+    "WORST_K",
+    "RankedErrors",
+    "ReportError",
+    "bucket_errors",
+    "check_ids",
+    "check_run",
+    "confusion_matrix",
+    "joined_step_log",
+    "label_names",
+    "label_text",
+    "load_outputs",
+    "num_labels",
+    "plot_confusion",
+    "plot_conflicts",
+    "plot_curves",
+    "plot_scatter",
+    "plot_task_weights",
+    "read_config",
+    "read_dev",
+    "read_final",
+    "read_predictions",
+    "score_edges",
+    "sigmoid",
+    "softmax",
+    "worst_errors",
+    "write_report",
+]
