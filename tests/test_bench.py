@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from minbert.bench.compare import headline_ratios
 from minbert.bench.measure import (
     ModelShape,
     alternating_runs,
@@ -17,6 +18,7 @@ from minbert.bench.measure import (
     summarise,
     training_flops,
 )
+from minbert.bench.options import ABLATIONS
 from minbert.bench.systems import (
     BenchError,
     build_minbert,
@@ -25,7 +27,6 @@ from minbert.bench.systems import (
     max_output_difference,
     minbert_attention_like,
 )
-from minbert.bench.throughput import ABLATIONS, headline_ratios
 from minbert.cli import build_parser, main
 from minbert.cli_bench import options_from_args
 from minbert.data.batching import Batch, Segment

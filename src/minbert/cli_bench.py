@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields, replace
 
+from minbert.bench.options import QUICK, SETUPS, BenchOptions
 from minbert.bench.systems import BenchError
-from minbert.bench.throughput import QUICK, SETUPS, BenchOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
