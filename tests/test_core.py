@@ -16,6 +16,7 @@ from tiny_run import run_config
 
 from minbert.config import ConfigError, config_from_dict, load_config
 from minbert.run.layout import RunDir
+from minbert.train.state import load_state, save_state
 from minbert.train.trainer import Trainer
 
 NO_DROPOUT = [
@@ -170,3 +171,23 @@ def test_an_extra_callback_sees_each_epoch_after_best_and_checkpoint(tiny_setup,
         Trainer(config, tmp_path / "run", callbacks=[pruner]).run()
     # Each epoch's checkpoint already says the next epoch is the one to run.
     assert pruner.seen == [(1, 2, True), (2, 3, True)]
+
+
+def test_a_checkpoint_in_the_old_layout_still_resumes(tiny_setup, tmp_path):
+    config = run_config(tiny_setup, "train.ema_decay=0.9", "train.epochs=1")
+    first = Trainer(config, tmp_path / "a")
+    for _ in range(3):
+        first.train_step({"sst": 8})
+    save_state(tmp_path / "last", first._training_state())  # what a checkpoint holds
+    state = load_state(tmp_path / "last")
+    old = {k: v for k, v in state.items() if not k.startswith(("streams.", "callbacks"))}
+    old |= {"streams": {t: state[f"streams.{t}"] for t in first.tasks}}
+    old |= {"average": state["callbacks"]["average"], "smart": {}}
+    del old["objectives"]
+    a = first.train_step({"quora": 8})
+    second = Trainer(config, tmp_path / "b")
+    second._restore(old)  # the RNGs too: the process's generators are as they were at `state`
+    assert second._training_state().keys() == state.keys()
+    assert second.train_step({"quora": 8}) == a
+    for (name, p), q in zip(first.model.named_parameters(), second.model.parameters(), strict=True):
+        assert torch.equal(p, q), name

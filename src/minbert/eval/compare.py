@@ -30,6 +30,8 @@ def run_summary(run: Path) -> dict:
         raise FileNotFoundError(f"{run}: no {layout.final.name} (the run has not finished)")
     summary = json.loads(layout.final.read_text())
     records = layout.read_metrics()
+    if not records:
+        raise FileNotFoundError(f"{run}: no epoch records in {layout.metrics.name}")
     summary["epochs"] = len(records)
     summary["examples"] = {
         task: sum(r["examples"].get(task, 0) for r in records) for task in records[0]["examples"]

@@ -121,6 +121,19 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def upgrade_state(state: dict) -> dict:
+    """A ``RUN/last/`` written before objectives and callbacks had their own state (keys
+    ``streams``, ``smart``, ``average``) in today's layout, so such a run still resumes."""
+    if "streams" not in state:
+        return state
+    state = dict(state)
+    for task, stream in state.pop("streams").items():
+        state[f"streams.{task}"] = stream
+    state.setdefault("objectives", {"smart": state.pop("smart", {})})
+    state.setdefault("callbacks", {"average": state.pop("average", {})})
+    return state
+
+
 def save_state(folder: Path, state: dict) -> None:
     """Write ``folder`` atomically: a sibling temporary folder, fsynced, then swapped in.
 

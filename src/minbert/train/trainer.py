@@ -44,6 +44,7 @@ from minbert.train.state import (
     save_state,
     seed_everything,
     set_rng_state,
+    upgrade_state,
     write_atomic,
 )
 from minbert.train.strategies import build_strategy
@@ -131,6 +132,7 @@ class Trainer:
         return {"run": asdict(self.state), "rng": rng_state(), **parts}
 
     def _restore(self, state: dict) -> None:
+        state = upgrade_state(state)
         for key, part in self._parts().items():
             part.load_state_dict(state[key])
         self.state = RunState(**state["run"])
