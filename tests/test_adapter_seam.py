@@ -86,6 +86,18 @@ def _run(model: BertModel, ids, mask, first_only: bool, padded: bool) -> torch.T
     return torch.cat([out.last_hidden_state.flatten(), out.pooler_output.flatten()])
 
 
+def _assert_wrapped_equals_merged(wrapped, expected, base, padded: bool) -> None:
+    """The wrapped model equals the one with the delta merged in, and differs from the base,
+    on the full pass and on the [CLS]-only last layer."""
+    ids, mask = _inputs(padded)
+    for first_only in (False, True):
+        got = _run(wrapped, ids, mask, first_only, padded)
+        want = _run(expected, ids, mask, first_only, padded)
+        plain = _run(base, ids, mask, first_only, padded)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+        assert (got - plain).abs().max() > 1e-3  # the delta did change the output
+
+
 @pytest.mark.parametrize("impl", ["manual", "sdpa"])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("training", [False, True])
@@ -123,13 +135,7 @@ def test_a_low_rank_delta_equals_the_merged_weight(tiny_config, impl, padded, tr
     wrapper = _wrap(wrapped, last, path, weight_delta=delta)
     with torch.no_grad():  # the same change written into the plain layer's weight
         _linear(expected, last, path).weight += delta
-    ids, mask = _inputs(padded)
-    for first_only in (False, True):
-        got = _run(wrapped, ids, mask, first_only, padded)
-        want = _run(expected, ids, mask, first_only, padded)
-        plain = _run(base, ids, mask, first_only, padded)
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
-        assert (got - plain).abs().max() > 1e-3  # the delta did change the output
+    _assert_wrapped_equals_merged(wrapped, expected, base, padded)
     assert wrapper.calls == 2
 
 
@@ -146,11 +152,5 @@ def test_a_constant_delta_on_the_last_value_equals_a_larger_bias(
     wrapper = _wrap(wrapped, last, "attention.self.value", bias_delta=d)
     with torch.no_grad():
         _linear(expected, last, "attention.self.value").bias += d
-    ids, mask = _inputs(padded)
-    for first_only in (False, True):
-        got = _run(wrapped, ids, mask, first_only, padded)
-        want = _run(expected, ids, mask, first_only, padded)
-        plain = _run(base, ids, mask, first_only, padded)
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
-        assert (got - plain).abs().max() > 1e-3
+    _assert_wrapped_equals_merged(wrapped, expected, base, padded)
     assert wrapper.calls == 2

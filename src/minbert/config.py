@@ -8,6 +8,7 @@ bounds live in field metadata.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
@@ -335,19 +336,13 @@ class Config:
 
     def head_specs(self, tasks: list[str] | None = None) -> dict[str, HeadSpec]:
         """What the model needs of each task's head (``train.tasks`` unless ``tasks``)."""
+        derived = {"normalise", "threshold"}  # not read as they are from heads.<task>
+        shared = [f.name for f in dataclasses.fields(HeadSpec) if f.name not in derived]
         specs = {}
         for task in tasks or self.train.tasks:
             h = self.head(task)
             specs[task] = HeadSpec(
-                pooling=h.pooling,
-                kind=h.kind,
-                hidden=list(h.hidden),
-                activation=h.activation,
-                dropout=h.dropout,
-                encoding=h.encoding,
-                features=h.features,
-                swap=h.swap,
-                own_layers=h.own_layers,
+                **{name: copy.copy(getattr(h, name)) for name in shared},
                 normalise=h.normalise or h.kind == "cosine",
                 threshold=bool(h.calibrate),
             )

@@ -63,7 +63,7 @@ class Contrastive(Term):
             )
         if full.train.smart.enabled and spec.name in full.train.tasks:
             raise ConfigError(f"{key}.weight: not combined with train.smart.enabled")
-        if full.objectives[spec.name].rdrop.weight:
+        if full.objective(spec.name).rdrop.weight:
             raise ConfigError(
                 f"objectives.{spec.name}.rdrop.weight: not combined with {key} (a row's "
                 "second copy would be one of its in-batch negatives)"
