@@ -161,7 +161,8 @@ def test_an_extra_callback_sees_each_epoch_after_best_and_checkpoint(tiny_setup,
         def on_epoch_end(self, trainer, record):
             run = RunDir(trainer.run_dir.root)
             saved = json.loads((run.last / "state.json").read_text())["run"]
-            self.seen.append((record["epoch"], saved["epoch"], run.best.is_dir()))
+            steps_done = saved["step_in_epoch"] == len(trainer.plans[saved["epoch"] - 1])
+            self.seen.append((record["epoch"], saved["epoch"], steps_done, run.best.is_dir()))
             if record["epoch"] == 2:
                 raise RuntimeError("pruned")
 
@@ -169,8 +170,9 @@ def test_an_extra_callback_sees_each_epoch_after_best_and_checkpoint(tiny_setup,
     config = run_config(tiny_setup, "train.epochs=3")
     with pytest.raises(RuntimeError, match="pruned"):
         Trainer(config, tmp_path / "run", callbacks=[pruner]).run()
-    # Each epoch's checkpoint already says the next epoch is the one to run.
-    assert pruner.seen == [(1, 2, True), (2, 3, True)]
+    # Each epoch's checkpoint is the state after its last step (a resume redoes only the
+    # evaluation), and best/ is saved.
+    assert pruner.seen == [(1, 1, True, True), (2, 2, True, True)]
 
 
 def test_a_checkpoint_in_the_old_layout_still_resumes(tiny_setup, tmp_path):

@@ -122,7 +122,7 @@ def test_strategy_and_smart_state_resume_exactly(tiny_setup, tmp_path):
     def stop_after_step_4(plan):
         result = original_step(plan)
         if stopped.state.step == 4:  # mid-epoch 2, between two conflict logs
-            stopped._stop_signal = signal.SIGTERM
+            stopped.signals.received = signal.SIGTERM
         return result
 
     stopped.train_step = stop_after_step_4
@@ -130,7 +130,7 @@ def test_strategy_and_smart_state_resume_exactly(tiny_setup, tmp_path):
         stopped.run()
     Trainer(config, tmp_path / "resumed", resume=True).run()
 
-    timing = {"train_seconds", "elapsed_seconds", "epoch_seconds"}
+    timing = {"train_seconds", "elapsed_seconds", "epoch_seconds", "peak_rss_mib"}
     strip = [{k: v for k, v in r.items() if k not in timing} for r in _records(tmp_path / "whole")]
     again = [
         {k: v for k, v in r.items() if k not in timing} for r in _records(tmp_path / "resumed")

@@ -27,7 +27,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from minbert.run.layout import RunDir
-    from minbert.train.session import logging_to
+    from minbert.train.session import collecting_logs, logging_to
     from minbert.train.trainer import Trainer, TrainingInterrupted
 
     if args.resume:
@@ -41,9 +41,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         out, config = Path(args.out), load_config(args.config, args.set)
     else:
         raise ConfigError("give --out RUN for a new run, or --resume RUN")
+    resume = bool(args.resume)
     try:
-        with logging_to(RunDir(out).log, append=bool(args.resume)):
-            summary = Trainer(config, out, resume=bool(args.resume)).run()
+        with collecting_logs() as early:  # train.log is the run's only once it owns RUN
+            trainer = Trainer(config, out, resume=resume, overwrite=args.overwrite)
+        with logging_to(RunDir(out).log, append=resume, earlier=early):
+            summary = trainer.run()
     except TrainingInterrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         return 128 + exc.signum
@@ -186,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder to create")
     train.add_argument(
         "--resume", metavar="RUN", help="continue a stopped run from RUN/last/ (exactly)"
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (removed once the new run's inputs are read)",
     )
     train.add_argument(
         "--set",

@@ -130,13 +130,23 @@ class Tokenizer:
         return self._tok.decode(ids)
 
 
-def _read_vocab(path: Path) -> dict[str, int]:
+def read_vocab_tokens(path: Path) -> list[str]:
+    """The tokens of a ``vocab.txt`` in id order, one a line; ValueError naming the file when
+    it is not UTF-8."""
     if not path.is_file():
         raise FileNotFoundError(f"vocabulary file not found: {path}")
-    vocab: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for index, line in enumerate(f):
-            token = line.rstrip("\n")
-            # One token a line; as in HF's load_vocab, a repeated token keeps its last index.
-            vocab[token] = index
-    return vocab
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{path}: not UTF-8 text (line {line}: {exc.reason})") from None
+    # Lines end as in a text-mode file ("\n", "\r\n" or "\r"), as HF's load_vocab reads them;
+    # str.splitlines would also split on characters some vocabularies hold as tokens.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
+def _read_vocab(path: Path) -> dict[str, int]:
+    # As in HF's load_vocab, a repeated token keeps its last index.
+    return {token: index for index, token in enumerate(read_vocab_tokens(path))}

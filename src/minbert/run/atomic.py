@@ -8,12 +8,24 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
         f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def save_array(path: Path, array) -> None:
+    """``numpy.save`` through a temporary file renamed over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        np.save(f, array)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)

@@ -11,6 +11,10 @@ asks a ``RunDir`` for a path instead of spelling a file name:
     RUN/last/                the resumable training state (state.py)
     RUN/predictions/<task>-<split>.csv, <task>-dev-outputs.npy
     RUN/report/summary.md, curves.png, ...
+    RUN/.lock                held by the process writing the run (lock.py)
+
+``best/`` and ``last/`` each hold a ``manifest.json`` (manifest.py): every file's size and
+checksum, and each tensor's name and shape, verified when the folder is loaded.
 """
 
 from __future__ import annotations
@@ -62,6 +66,10 @@ class RunDir:
         return self.root / "last"
 
     @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
     def predictions_dir(self) -> Path:
         return self.root / "predictions"
 
@@ -82,6 +90,15 @@ class RunDir:
 
     def is_run(self) -> bool:
         return self.config.is_file()
+
+    def run_files(self) -> list[Path]:
+        """What of a run is here (a fresh run refuses such a folder unless told to replace
+        it), with the temporary and set-aside copies of the atomic writes."""
+        names = [self.config, self.log, self.metrics, self.final, self.best, self.last]
+        names += [self.predictions_dir, self.report_dir]
+        found = [p for p in names if p.exists()]
+        hidden = [p for p in self.root.glob(".*") if p.name not in (".lock", ".write-test")]
+        return found + sorted(p for p in hidden if p.name.endswith((".tmp", ".old")))
 
     def read_metrics(self) -> list[dict]:
         """The epoch records so far ([] before the first epoch ends); a bad line is an error

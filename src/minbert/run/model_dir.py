@@ -19,6 +19,7 @@ from minbert.model.multitask import MultiTaskModel
 from minbert.model.tokenizer import Tokenizer
 from minbert.run.atomic import recover, swap_in
 from minbert.run.layout import RunDir
+from minbert.run.manifest import CheckpointError, read_checked, read_json, verify, write_manifest
 
 
 def save_model_dir(
@@ -38,6 +39,7 @@ def save_model_dir(
     (tmp / "meta.json").write_text(
         json.dumps({**meta, "lowercase": tokenizer.lowercase, "tasks": model.tasks}, indent=2)
     )
+    write_manifest(tmp)
     swap_in(tmp, out)
 
 
@@ -55,14 +57,23 @@ def find_model_dir(run_or_dir: str | Path) -> Path:
 
 
 def load_model_dir(run_or_dir: str | Path) -> tuple[MultiTaskModel, Tokenizer, Config]:
+    """The model, tokenizer and config saved in a model directory, verified first."""
     model_dir = find_model_dir(run_or_dir)
-    config = load_config(model_dir / "config.toml")
-    meta = json.loads((model_dir / "meta.json").read_text())
-    encoder = BertModel(
-        BertConfig.from_json(model_dir / "encoder.json"), attention=config.model.attention
+    advice = (
+        f"The model in {model_dir} cannot be used; train it again "
+        f"(`minbert train --config {model_dir / 'config.toml'} --out NEW_RUN`)"
     )
+    verify(model_dir, advice)
+    config = read_checked(model_dir / "config.toml", load_config, advice)
+    meta = read_checked(model_dir / "meta.json", read_json, advice)
+    encoder_config = read_checked(model_dir / "encoder.json", BertConfig.from_json, advice)
+    encoder = BertModel(encoder_config, attention=config.model.attention)
     model = MultiTaskModel(encoder, config.head_specs(meta["tasks"]))
-    model.load_state_dict(load_file(model_dir / "model.safetensors"), strict=True)
+    weights = model_dir / "model.safetensors"
+    try:
+        model.load_state_dict(read_checked(weights, load_file, advice), strict=True)
+    except RuntimeError as exc:  # names or shapes that disagree with config.toml/encoder.json
+        raise CheckpointError(f"{weights} does not fit its config files: {exc}. {advice}") from None
     tokenizer = Tokenizer(
         model_dir / "vocab.txt", meta.get("lowercase", True), ptb_text=config.data.ptb_text
     )

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from minbert.data.schedules import planned_examples
 from minbert.run.atomic import recover, swap_in, write_atomic  # noqa: F401 (recover: callers)
+from minbert.run.manifest import read_checked, read_json, verify, write_manifest
 
 STATE_FILE = "state.json"
 TENSOR_FILE = "state.safetensors"
@@ -149,15 +150,24 @@ def save_state(folder: Path, state: dict) -> None:
     tree = flatten(state, tensors)
     save_file(tensors, tmp / TENSOR_FILE)
     (tmp / STATE_FILE).write_text(json.dumps(tree), encoding="utf-8")
+    write_manifest(tmp)
     swap_in(tmp, folder)
 
 
 def load_state(folder: Path) -> dict:
+    """The state saved in ``folder``, verified against its manifest first."""
     folder = Path(folder)
-    if not (folder / STATE_FILE).is_file() or not (folder / TENSOR_FILE).is_file():
+    if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no training checkpoint here (nothing to resume)")
-    tree = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-    return unflatten(tree, load_file(folder / TENSOR_FILE))
+    run = folder.parent
+    advice = (
+        f"The run cannot resume from {folder}. {run}/best/ keeps the best model so far "
+        f"(`minbert eval {run}` checks it); to train again: "
+        f"`minbert train --config {run}/config.toml --out NEW_RUN`"
+    )
+    verify(folder, advice)
+    tree = read_checked(folder / STATE_FILE, read_json, advice)
+    return unflatten(tree, read_checked(folder / TENSOR_FILE, load_file, advice))
 
 
 @dataclass

@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+import weakref
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,11 +31,20 @@ from minbert.eval.evaluate import evaluate
 from minbert.model.loading import load_pretrained
 from minbert.model.multitask import MultiTaskModel
 from minbert.objectives import build_objectives
+from minbert.run import lock
 from minbert.run.layout import RunDir
 from minbert.train.callbacks import Callback, build_callbacks
 from minbert.train.conflicts import epoch_fields
 from minbert.train.optim import AdamW, parameter_groups, peak_lr_rule, warmup_schedule
-from minbert.train.session import TrainingError, TrainingInterrupted, prepare_run_dir, stop_signals
+from minbert.train.session import (
+    StopRequested,
+    StopSignals,
+    TrainingError,
+    TrainingInterrupted,
+    check_no_run_here,
+    check_output_folder,
+    claim_output_folder,
+)
 from minbert.train.state import (
     RunState,
     check_finite,
@@ -61,12 +71,33 @@ class Trainer:
         out_dir: str | Path,
         resume: bool = False,
         callbacks: list[Callback] = (),
+        overwrite: bool = False,
     ):
         """A new run in ``out_dir``, or with ``resume`` the run saved there in ``last/``.
-        ``callbacks`` act after the built-in ones (e.g. a search's pruner)."""
+        A folder that holds a run is refused unless ``overwrite`` (its files are removed
+        once every input of the new run has been read). ``callbacks`` act after the
+        built-in ones (e.g. a search's pruner). The folder is locked from here to the end
+        of ``run()``: another process cannot write it meanwhile."""
+        if resume and overwrite:
+            raise TrainingError("--resume continues the run in its folder; it cannot --overwrite")
         self.config = config
         self.run_dir = RunDir(out_dir)
-        prepare_run_dir(self.run_dir, config.to_toml(), resume)
+        check_output_folder(self.run_dir)
+        self._unlock = weakref.finalize(self, lock.release, lock.acquire(self.run_dir))
+        try:
+            if not (resume or overwrite):
+                check_no_run_here(self.run_dir)
+            self._build(config, list(callbacks))
+            if resume:
+                self._resume()
+            else:
+                claim_output_folder(self.run_dir, config.to_toml())
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _build(self, config: Config, callbacks: list[Callback]) -> None:
+        """Everything the run needs, every input read (train, dev and test files, weights)."""
         seed_everything(config.train.seed)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
@@ -83,6 +114,7 @@ class Trainer:
         self.tasks = list(config.train.tasks)
         self.train_data, self.heldout = load_training_data(config, self.tokenizer)
         self.dev_data = {t: load_split(config, t, "dev", self.tokenizer) for t in self.tasks}
+        self.test_data = {t: load_split(config, t, "test", self.tokenizer) for t in self.tasks}
         self.model = MultiTaskModel(encoder, config.head_specs()).to(self.device)
         freeze_all_but(self.model, config.trainable_patterns())
         if config.train.log_conflicts_every and not self.model.shared_parameters():
@@ -108,10 +140,16 @@ class Trainer:
         self.scheduler = warmup_schedule(self.optimizer, t.lr_schedule, self.total_steps, warmup)
         self.strategy = build_strategy(t.strategy, t, self.model)
         self.state = RunState()
-        self.callbacks = build_callbacks(self, list(callbacks))
-        self._stop_signal: int | None = None
-        if resume:
-            self._restore(load_state(recover(self.run_dir.last)))
+        self.callbacks = build_callbacks(self, callbacks)
+        self.signals = StopSignals()
+
+    def _resume(self) -> None:
+        last = recover(self.run_dir.last)
+        if last.exists():
+            self._restore(load_state(last))
+        else:  # stopped before its first checkpoint: the same run, from its first step
+            log.warning("%s: no checkpoint yet; the run starts again from step 1", last)
+            write_atomic(self.run_dir.metrics, "")
 
     # -- resumable state ------------------------------------------------------------------------
 
@@ -229,8 +267,16 @@ class Trainer:
         return {}, {}, sizes
 
     def run(self) -> dict:
-        """Train (or go on training) to the end, then write the results. SIGINT/SIGTERM stop
-        after the current step with a checkpoint (``TrainingInterrupted``)."""
+        """Train (or go on training) to the end, then write the results, and let go of the
+        folder. SIGINT/SIGTERM stop after the current step with a checkpoint, or at once
+        during an evaluation or the final predictions (``TrainingInterrupted``)."""
+        try:
+            with self.signals.caught():
+                return self._run()
+        finally:
+            self._unlock()
+
+    def _run(self) -> dict:
         cfg = self.config.train
         log.info(
             "training %s on %s (%s, bf16=%s): %d steps over %d epoch(s), schedule %s",
@@ -242,9 +288,9 @@ class Trainer:
             cfg.epochs,
             cfg.schedule,
         )
-        with stop_signals(self._on_signal):
-            while self.state.epoch <= len(self.plans):
-                self._run_epoch()
+        while self.state.epoch <= len(self.plans):
+            self._run_epoch()
+            self._stop_if_signalled(f"after the evaluation of epoch {self.state.epoch - 1}")
         summary = {
             "best_epoch": self.state.best_epoch,
             "dev": None,  # the reloaded best model's (callbacks/predictions.py)
@@ -252,11 +298,18 @@ class Trainer:
             "device": str(self.device),
             "bf16": self.bf16,
         }
-        self.callbacks.on_train_end(self, summary)
+        try:
+            with self.signals.interruptible():
+                self.callbacks.on_train_end(self, summary)
+        except StopRequested:
+            self._stop_if_signalled("before the final predictions were all written")
         return summary
 
-    def _on_signal(self, signum: int) -> None:
-        self._stop_signal = signum
+    def _stop_if_signalled(self, during: str = "") -> None:
+        """After a stop signal: raise ``TrainingInterrupted`` (the state is saved already)."""
+        if self.signals.received is not None:
+            step = self.state.step
+            raise TrainingInterrupted(self.signals.received, self.run_dir.root, step, during)
 
     def _run_epoch(self) -> None:
         cfg = self.config.train
@@ -282,10 +335,10 @@ class Trainer:
             bar.set_postfix(
                 {t: f"{st.loss_sum[t] / st.loss_count[t]:.3f}" for t in losses}, refresh=False
             )
-            if self._stop_signal is not None:
+            if self.signals.received is not None:
                 bar.close()
                 self.save_checkpoint()
-                raise TrainingInterrupted(self._stop_signal, self.run_dir.root, st.step)
+                self._stop_if_signalled()
             self.callbacks.on_step_end(self)
         bar.close()
         self._end_epoch(plan)
@@ -295,11 +348,19 @@ class Trainer:
         st = self.state
         eval_start = time.perf_counter()
         extra: dict = {}
-        with self.callbacks.evaluated_weights():
-            self.callbacks.on_evaluate(self, extra)
-            dev, _ = evaluate(
-                self.model, self.dev_data, cfg.eval_batch_size, self.device, self.bf16, cfg.progress
-            )
+        try:  # the state after the epoch's last step is saved (callbacks/checkpoint.py)
+            with self.signals.interruptible(), self.callbacks.evaluated_weights():
+                self.callbacks.on_evaluate(self, extra)
+                dev, _ = evaluate(
+                    self.model,
+                    self.dev_data,
+                    cfg.eval_batch_size,
+                    self.device,
+                    self.bf16,
+                    cfg.progress,
+                )
+        except StopRequested:
+            self._stop_if_signalled(f"during the evaluation of epoch {st.epoch}")
         st.elapsed_seconds += time.perf_counter() - eval_start
         lr = self.scheduler.get_last_lr()[0]
         record = st.epoch_record(self.tasks, plan, dev, lr) | peak_memory(self.device)

@@ -15,8 +15,8 @@ from minbert.train.callbacks.task_weights import TaskWeights
 
 def build_callbacks(trainer, extra: list[Callback] = ()) -> CallbackList:
     """In the order they act: calibration and logging, weight averaging, best-model choice,
-    the checkpoint (after the best model, so a resume knows it), the end of the run; then
-    ``extra`` (e.g. a search's pruner)."""
+    the checkpoint (at step ends), the end of the run; then ``extra`` (e.g. a search's
+    pruner)."""
     cfg = trainer.config.train
     callbacks: list[Callback] = []
     if trainer.heldout:

@@ -5,12 +5,13 @@ The trainer calls, in this order of a run:
   own loss (graph attached; the conflict probes differentiate it);
 - ``on_optimizer_step(trainer, weights)`` after each optimiser step that was taken (not after
   a step skipped for a non-finite value), with the task weights the strategy used;
-- ``on_step_end(trainer)`` after every step, its bookkeeping done (checkpoints);
+- ``on_step_end(trainer)`` after every step, its bookkeeping done (checkpoints, the last
+  one of an epoch before its evaluation);
 - ``evaluated_weights()``: the weights dev scoring and the best model use (EMA swaps its
   average in);
 - ``on_evaluate(trainer, record)`` inside those weights, before dev scoring (calibration);
 - ``on_epoch_end(trainer, record)`` once the epoch's record is written and the run state has
-  moved on to the next epoch (best-model choice, then the checkpoint);
+  moved on to the next epoch (best-model choice);
 - ``on_train_end(trainer, summary)`` at the end (final predictions, the report).
 A callback with state to resume keeps it in ``state_dict()``.
 """

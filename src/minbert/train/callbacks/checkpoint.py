@@ -1,4 +1,6 @@
-"""Checkpointing: ``RUN/last/`` every ``train.checkpoint_every`` steps and after each epoch."""
+"""Checkpointing: ``RUN/last/`` every ``train.checkpoint_every`` steps and after the last
+step of each epoch, before its evaluation: a stop during an evaluation (or the final
+predictions) then resumes with that evaluation, never with training steps done again."""
 
 from __future__ import annotations
 
@@ -12,8 +14,7 @@ class Checkpoint(Callback):
         self.every = every
 
     def on_step_end(self, trainer) -> None:
-        if self.every and trainer.state.step % self.every == 0:
+        st = trainer.state
+        epoch_done = st.step_in_epoch == len(trainer.plans[st.epoch - 1])
+        if epoch_done or (self.every and st.step % self.every == 0):
             trainer.save_checkpoint()
-
-    def on_epoch_end(self, trainer, record: dict) -> None:
-        trainer.save_checkpoint()

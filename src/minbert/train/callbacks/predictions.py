@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from minbert.data.io import write_predictions
-from minbert.data.splits import load_split
 from minbert.data.tasks import TASKS
 from minbert.eval.evaluate import evaluate
+from minbert.run.atomic import save_array, write_atomic
 from minbert.run.model_dir import load_model_dir
 from minbert.train.callbacks.base import Callback
-from minbert.train.state import write_atomic
 
 
 class FinalPredictions(Callback):
@@ -27,9 +24,7 @@ class FinalPredictions(Callback):
         dev, dev_predictions = evaluate(
             model, trainer.dev_data, cfg.eval_batch_size, trainer.device, trainer.bf16
         )
-        test_data = {
-            t: load_split(trainer.config, t, "test", trainer.tokenizer) for t in trainer.tasks
-        }
+        test_data = trainer.test_data
         _, test_predictions = evaluate(
             model, test_data, cfg.eval_batch_size, trainer.device, trainer.bf16
         )
@@ -45,6 +40,6 @@ class FinalPredictions(Callback):
                     TASKS[task].label_kind,
                 )
                 if split == "dev":  # raw outputs, for the report's confidence-ranked errors
-                    np.save(run.outputs(task, split), predictions[task].outputs)
+                    save_array(run.outputs(task, split), predictions[task].outputs)
         summary["dev"] = dev
         write_atomic(run.final, json.dumps(summary, indent=2) + "\n")
