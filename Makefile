@@ -24,8 +24,18 @@ data:
 	else echo "No task data: put the CS224N minBERT files (ids-sst-*.csv, quora-*.csv, sts-*.csv, ids-cfimdb-*.csv)"; \
 	     echo "from github.com/gpoesia/minbert-default-final-project (folder data/) into ./data/"; exit 1; fi
 
+# A second `make demo` never retrains over the first: a finished runs/demo shows its scores,
+# a stopped one resumes. `make demo DEMO=runs/other` trains another.
+DEMO ?= runs/demo
 demo: setup
-	$(VENV)/bin/minbert train --config configs/default.toml --out runs/demo
+	@if [ -f $(DEMO)/final.json ]; then \
+	    echo "$(DEMO) is finished (remove it, or give DEMO=runs/other, to train again):"; \
+	    $(VENV)/bin/minbert compare $(DEMO); \
+	elif [ -f $(DEMO)/config.toml ]; then \
+	    $(VENV)/bin/minbert train --resume $(DEMO); \
+	else \
+	    $(VENV)/bin/minbert train --config configs/default.toml --out $(DEMO); \
+	fi
 
 test: setup
 	$(PY) -m pytest -q

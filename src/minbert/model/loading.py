@@ -58,7 +58,7 @@ _COPY_AGAIN = "copy it again from where the model came from"
 
 
 class WeightsError(RuntimeError):
-    """A checkpoint that cannot be loaded into the encoder."""
+    """A model directory or checkpoint that cannot be loaded; the message names the file."""
 
 
 def resolve_model_dir(name_or_path: str | Path) -> Path:
@@ -157,6 +157,7 @@ def read_config(path: Path, what: str = "model config") -> BertConfig:
 def read_safetensors(path: Path) -> dict[str, Tensor]:
     """All tensors of a ``.safetensors`` file; a WeightsError naming it when it is cut short or
     damaged (the header must describe every byte, so any cut is caught here)."""
+    path = Path(path)
     try:
         return load_file(path)
     except (SafetensorError, OSError) as exc:
@@ -184,7 +185,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         ) from exc
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
-    not_tensors = sorted(k for k, v in state.items() if not isinstance(v, Tensor))
+    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
     if not_tensors:
         raise WeightsError(f"{path}: entries that are not tensors: {', '.join(not_tensors)}")
     return state

@@ -85,10 +85,6 @@ def verify(folder: Path, advice: str) -> None:
             )
 
 
-def read_json(path: Path):
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def read_checked(path: Path, read, advice: str):
     """``read(path)``, with any parse failure reported as ``CheckpointError`` naming ``path``."""
     try:

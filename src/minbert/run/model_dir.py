@@ -7,19 +7,27 @@ config), ``encoder.json`` (the BERT architecture), ``vocab.txt`` and ``meta.json
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from minbert.config import Config, load_config
-from minbert.model.bert import BertConfig, BertModel
+from minbert.model.bert import BertModel
+from minbert.model.loading import (
+    check_state,
+    check_vocab,
+    read_config,
+    read_json,
+    read_safetensors,
+)
 from minbert.model.multitask import MultiTaskModel
 from minbert.model.tokenizer import Tokenizer
 from minbert.run.atomic import recover, swap_in
 from minbert.run.layout import RunDir
-from minbert.run.manifest import CheckpointError, read_checked, read_json, verify, write_manifest
+from minbert.run.manifest import read_checked, verify, write_manifest
 
 
 def save_model_dir(
@@ -65,15 +73,19 @@ def load_model_dir(run_or_dir: str | Path) -> tuple[MultiTaskModel, Tokenizer, C
     )
     verify(model_dir, advice)
     config = read_checked(model_dir / "config.toml", load_config, advice)
-    meta = read_checked(model_dir / "meta.json", read_json, advice)
-    encoder_config = read_checked(model_dir / "encoder.json", BertConfig.from_json, advice)
-    encoder = BertModel(encoder_config, attention=config.model.attention)
-    model = MultiTaskModel(encoder, config.head_specs(meta["tasks"]))
+    meta = read_checked(model_dir / "meta.json", functools.partial(read_json, what="meta"), advice)
+    encoder_json = model_dir / "encoder.json"
+    encoder_config = read_checked(encoder_json, read_config, advice)
+    model = MultiTaskModel(
+        BertModel(encoder_config, attention=config.model.attention),
+        config.head_specs(meta["tasks"]),
+    )
     weights = model_dir / "model.safetensors"
-    try:
-        model.load_state_dict(read_checked(weights, load_file, advice), strict=True)
-    except RuntimeError as exc:  # names or shapes that disagree with config.toml/encoder.json
-        raise CheckpointError(f"{weights} does not fit its config files: {exc}. {advice}") from None
+    state = read_checked(weights, read_safetensors, advice)
+    # every way the folder can disagree with itself, named (names, shapes, vocabulary)
+    check_state(state, model.state_dict(), str(weights), f"the model of {encoder_json}")
+    check_vocab(model_dir / "vocab.txt", encoder_config, encoder_json, weights)
+    model.load_state_dict(state, strict=True)
     tokenizer = Tokenizer(
         model_dir / "vocab.txt", meta.get("lowercase", True), ptb_text=config.data.ptb_text
     )

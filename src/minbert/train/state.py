@@ -23,8 +23,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minbert.data.schedules import planned_examples
+from minbert.model.loading import read_json
 from minbert.run.atomic import recover, swap_in, write_atomic  # noqa: F401 (recover: callers)
-from minbert.run.manifest import read_checked, read_json, verify, write_manifest
+from minbert.run.manifest import read_checked, verify, write_manifest
 
 STATE_FILE = "state.json"
 TENSOR_FILE = "state.safetensors"
@@ -166,7 +167,7 @@ def load_state(folder: Path) -> dict:
         f"`minbert train --config {run}/config.toml --out NEW_RUN`"
     )
     verify(folder, advice)
-    tree = read_checked(folder / STATE_FILE, read_json, advice)
+    tree = read_checked(folder / STATE_FILE, lambda p: read_json(p, "training state"), advice)
     return unflatten(tree, read_checked(folder / TENSOR_FILE, load_file, advice))
 
 
