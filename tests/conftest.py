@@ -100,3 +100,18 @@ def tiny_setup(tmp_path_factory, tiny_config, tiny_tokenizer) -> Path:
     from tiny_run import make_tiny_run
 
     return make_tiny_run(tmp_path_factory.mktemp("tiny"), tiny_config, tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tiny_setup, tmp_path_factory) -> Path:
+    """A finished 2-epoch tiny run written by ``minbert train`` (config, log, metrics,
+    best/, last/, predictions, report). Tests copy it before changing anything in it."""
+    from tiny_run import QUICK, run_config
+
+    from minbert.cli import main
+
+    root = tmp_path_factory.mktemp("finished")
+    config = root / "config.toml"
+    config.write_text(run_config(tiny_setup, *QUICK).to_toml())
+    assert main(["train", "--config", str(config), "--out", str(root / "run")]) == 0
+    return root / "run"

@@ -155,7 +155,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monke
         Path(path).write_bytes(b"half a file")
         raise OSError("disk gone")
 
-    monkeypatch.setattr(state_module, "save_file", crash)
+    monkeypatch.setattr(state_module, "write_safetensors", crash)
     with pytest.raises(OSError, match="disk gone"):
         state_module.save_state(folder, {"step": 2, "w": torch.zeros(3)})
     loaded = state_module.load_state(folder)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_run import run_config
+from tiny_run import QUICK, run_config
 
 from minbert.cli import main
 from minbert.config import load_config
@@ -27,7 +27,6 @@ from minbert.run.manifest import CheckpointError
 from minbert.run.model_dir import load_model_dir
 from minbert.train.trainer import Trainer, TrainingError, TrainingInterrupted
 
-QUICK = ["train.epochs=2", "train.checkpoint_every=2", "train.threads=1"]
 MEASURED = {"train_seconds", "elapsed_seconds", "peak_rss_mib"}
 
 
@@ -54,14 +53,9 @@ def _assert_same_results(a: Path, b: Path) -> None:
             assert (a / name).read_text() == (b / name).read_text(), name
 
 
-@pytest.fixture(scope="module")
-def finished(tiny_setup, tmp_path_factory) -> Path:
-    """A finished tiny run, written by the CLI (config, log, metrics, best/, last/, ...)."""
-    root = tmp_path_factory.mktemp("finished")
-    config = root / "config.toml"
-    config.write_text(run_config(tiny_setup, *QUICK).to_toml())
-    assert main(["train", "--config", str(config), "--out", str(root / "run")]) == 0
-    return root / "run"
+@pytest.fixture
+def finished(finished_tiny_run) -> Path:
+    return finished_tiny_run
 
 
 # -- 1. a new run never destroys an existing one ---------------------------------------------

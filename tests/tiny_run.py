@@ -13,6 +13,8 @@ from minbert.model.bert import BertConfig, BertModel
 from minbert.model.loading import export_pretrained
 from minbert.model.tokenizer import Tokenizer
 
+# Settings of a quick 2-epoch tiny run, with checkpoints inside each epoch.
+QUICK = ("train.epochs=2", "train.checkpoint_every=2", "train.threads=1")
 WORDS = ["the", "a", "movie", "film", "good", "bad", "is", "was", "not", "great", "dog", "cat"]
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from minbert.config import ConfigError, config_from_dict, load_config
-from minbert.data.io import DataError
-from minbert.eval.report import ReportError
-from minbert.model.loading import WeightsError
-from minbert.run.layout import RunFileError
+from minbert.errors import UserError
 
 log = logging.getLogger("minbert")
+EXIT_USER_ERROR = 2  # the code argparse uses for a bad command line
+
+
+class UsageError(UserError):
+    """Options that do not go together, or a request the run cannot serve."""
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -83,7 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _check_tasks(asked: list[str], trained: list[str]) -> list[str]:
     for task in asked:
         if task not in trained:
-            raise SystemExit(f"this run did not train task {task!r}; it trained {trained}")
+            raise UsageError(f"this run did not train task {task!r}; it trained {trained}")
     return asked
 
 
@@ -92,6 +95,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from minbert.data.tasks import TASKS
     from minbert.eval.predictor import Predictor, PredictorError
 
+    if args.input and (args.text is not None or args.text2 is not None):
+        raise UsageError("give either --input FILE or --text (and --text2), not both")
+    if not args.input and args.text is None:
+        raise UsageError("give --text (and --text2 for pair tasks) or --input FILE")
     predictor = Predictor.from_run(args.run)
     try:
         predictor.check_task(args.task)
@@ -100,15 +107,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             data = read_task_file(args.input, spec, "input", labelled=False)
             preds, ids = predictor.predict_data(data), data.ids
         else:
-            if args.text is None:
-                raise SystemExit("give --text (and --text2 for pair tasks) or --input FILE")
             if spec.is_pair != (args.text2 is not None):
                 need = "--text and --text2" if spec.is_pair else "only --text"
-                raise SystemExit(f"task {args.task} needs {need}")
+                raise UsageError(f"task {args.task} needs {need}")
             text = (args.text, args.text2) if spec.is_pair else args.text
             preds, ids = predictor.predict(args.task, [text]), ["text"]
     except PredictorError as exc:
-        raise SystemExit(str(exc).removeprefix("input 0: ")) from None
+        raise UsageError(str(exc).removeprefix("input 0: ")) from None
     if args.output:
         write_predictions(args.output, ids, preds, spec.label_kind)
         print(f"wrote {len(preds)} predictions to {args.output}")
@@ -166,21 +171,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from minbert.bench.systems import BenchError
     from minbert.bench.throughput import run
     from minbert.cli_bench import options_from_args
 
-    try:
-        _, report = run(options_from_args(args))
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    _, report = run(options_from_args(args))
     print(report, end="")
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the form of every other: the last line ``error: ...``."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.format_usage()}error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minbert", description=__doc__)
+    parser = Parser(prog="minbert", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -265,23 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(message)s",
     )
     from minbert.device import tune_memory
-    from minbert.train.trainer import TrainingError
 
     if not getattr(args, "plain_allocator", False):
         tune_memory()
     try:
         return args.func(args)
-    except (
-        ConfigError,
-        DataError,
-        WeightsError,
-        ReportError,
-        RunFileError,
-        TrainingError,
-        FileNotFoundError,
-    ) as exc:
+    except (UserError, OSError) as exc:  # OSError: a path missing, unreadable, a full disk
+        if args.verbose:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

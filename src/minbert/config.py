@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ from minbert.settings import (  # noqa: F401  (describe, parse_override: public 
     set_path,
 )
 from minbert.settings import setting as _field
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,9 @@ def _default_heads() -> dict[str, HeadConfig]:
     return {name: default_head(name) for name in TASKS}
 
 
+TASK_TABLES = ("heads", "objectives")  # tables with one sub-table per task
+
+
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -273,7 +279,7 @@ class Config:
             raise ConfigError("train.tasks: name at least one task")
         if len(set(self.train.tasks)) != len(self.train.tasks):
             raise ConfigError(f"train.tasks: repeated task in {self.train.tasks}")
-        for table in ("heads", "objectives"):
+        for table in TASK_TABLES:
             for task in getattr(self, table):
                 if task not in TASKS:
                     raise ConfigError(f"{table}.{task}: unknown task; known: {known}")
@@ -357,7 +363,23 @@ class Config:
         return TASKS[task].is_pair and self.head(task).encoding == "bi"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every setting, with the task tables of the trained tasks only."""
+        data = dataclasses.asdict(self)
+        for table in TASK_TABLES:
+            data[table] = {t: v for t, v in data[table].items() if t in self.train.tasks}
+        return data
+
+    def unused_task_tables(self) -> list[str]:
+        """``heads.<task>`` / ``objectives.<task>`` tables that set something for a task the
+        run does not train (a typo of ``sst`` as ``sts``, or a task dropped from
+        ``train.tasks``)."""
+        defaults = {"heads": default_head, "objectives": lambda task: TaskObjectiveConfig()}
+        return [
+            f"{table}.{task}"
+            for table in TASK_TABLES
+            for task, value in getattr(self, table).items()
+            if task not in self.train.tasks and value != defaults[table](task)
+        ]
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -369,7 +391,14 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
         path, value = parse_override(text)
         set_path(data, path, value, text)
     move_renamed_keys(data)
-    return build_table(Config, data)
+    config = build_table(Config, data)
+    if unused := config.unused_task_tables():
+        log.warning(
+            "%s: not used, the run trains only %s (train.tasks)",
+            ", ".join(unused),
+            config.train.tasks,
+        )
+    return config
 
 
 def load_config(
@@ -382,7 +411,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is no error
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
         except tomllib.TOMLDecodeError as exc:

@@ -8,14 +8,17 @@ Config tables live beside the code they configure (an objective's table in its o
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
 from dataclasses import field
 from typing import Any, Literal
 
+from minbert.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration key or value that is not allowed."""
 
 
@@ -101,6 +104,8 @@ def _convert(tp: Any, value: Any, key: str, meta: dict, default: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):  # TOML has nan and inf; no setting means them
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")

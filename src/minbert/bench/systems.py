@@ -29,6 +29,7 @@ from minbert.data.batching import Batch, EncodedTask, Segment, TaskStream, encod
 from minbert.data.io import read_task_file
 from minbert.data.tasks import TASKS
 from minbert.device import autocast
+from minbert.errors import UserError
 from minbert.model.bert import packed_rows
 from minbert.model.loading import load_pretrained, resolve_model_dir
 from minbert.model.multitask import MultiTaskModel
@@ -49,7 +50,7 @@ MAX_GRAD_NORM = 1.0
 TaskBatch = tuple[str, Batch]
 
 
-class BenchError(RuntimeError):
+class BenchError(UserError, RuntimeError):
     """The benchmark cannot run as asked (no transformers, systems that disagree, ...)."""
 
 

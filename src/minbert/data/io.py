@@ -9,21 +9,24 @@ many and where.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import logging
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from minbert.data.tasks import TaskSpec
+from minbert.errors import UserError
 
 log = logging.getLogger(__name__)
 MAX_REPORTED = 20
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Input data that cannot be used as it is."""
 
 
@@ -54,6 +57,16 @@ class TaskData:
         return len(self.ids)
 
 
+# Characters that show nothing: controls (NUL, ...), format characters (zero-width spaces and
+# joiners, the byte-order mark) and every kind of space.
+_INVISIBLE = ("Cc", "Cf", "Zs", "Zl", "Zp")
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` has nothing to read once invisible characters are removed."""
+    return all(unicodedata.category(ch) in _INVISIBLE for ch in text)
+
+
 def _parse_line(raw: bytes, path: Path, line_no: int) -> list[str] | BadRow:
     try:
         text = raw.decode("utf-8")
@@ -82,7 +95,7 @@ def read_task_file(
         labelled = split != "test"
     if not path.is_file():
         raise DataError(f"{path}: file not found (task {spec.name}, split {split})")
-    lines = path.read_bytes().split(b"\n")
+    lines = path.read_bytes().removeprefix(codecs.BOM_UTF8).split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     if not lines:
@@ -122,7 +135,7 @@ def read_task_file(
             )
         row_texts = tuple(row[col[c]] for c in spec.text_columns)
         for name, value in zip(spec.text_columns, row_texts, strict=True):
-            if not value.strip():
+            if is_blank(value):
                 problems.append(BadRow(path, line_no, name, "empty text"))
         label = 0.0
         if labelled:

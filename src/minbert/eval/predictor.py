@@ -15,16 +15,17 @@ import torch
 
 from minbert.config import Config
 from minbert.data.batching import encode_task
-from minbert.data.io import TaskData
+from minbert.data.io import TaskData, is_blank
 from minbert.data.tasks import TASKS
 from minbert.device import resolve_device, use_bf16
+from minbert.errors import UserError
 from minbert.eval.evaluate import predict
 from minbert.model.multitask import MultiTaskModel
 from minbert.model.tokenizer import Tokenizer
 from minbert.run.model_dir import load_model_dir
 
 
-class PredictorError(ValueError):
+class PredictorError(UserError, ValueError):
     """A request the run cannot answer (a task it did not train, the wrong kind of input)."""
 
 
@@ -69,7 +70,7 @@ class Predictor:
             if len(texts) != len(spec.text_columns):
                 need = "(sentence1, sentence2) pairs" if spec.is_pair else "single sentences"
                 raise PredictorError(f"input {i}: task {task} takes {need}")
-            if not all(isinstance(t, str) and t.strip() for t in texts):
+            if not all(isinstance(t, str) and not is_blank(t) for t in texts):
                 raise PredictorError(f"input {i}: empty text")
             rows.append(texts)
         ids = [str(i) for i in range(len(rows))]

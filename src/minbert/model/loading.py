@@ -19,6 +19,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from minbert.errors import UserError
 from minbert.model.bert import AttentionImpl, BertConfig, BertModel
 from minbert.model.tokenizer import SPECIAL_TOKENS, Tokenizer, read_vocab_tokens
 
@@ -57,7 +59,7 @@ _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a num
 _COPY_AGAIN = "copy it again from where the model came from"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """A model directory or checkpoint that cannot be loaded; the message names the file."""
 
 
@@ -166,6 +168,17 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
             f"{path}: not a readable safetensors file ({exc}; the file has {size} bytes); "
             f"it may be cut short or damaged: {_COPY_AGAIN}"
         ) from exc
+
+
+def write_safetensors(
+    tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """``safetensors.save_file``, with the permissions of any other file the process writes:
+    safetensors creates its files readable by their owner alone (0600)."""
+    save_file(tensors, path, metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -371,7 +384,7 @@ def export_pretrained(model: BertModel, tokenizer: Tokenizer, out_dir: str | Pat
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    write_safetensors(state, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n")
     vocab = sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])
     (out / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab), encoding="utf-8")

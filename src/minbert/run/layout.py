@@ -23,8 +23,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from minbert.errors import UserError
 
-class RunFileError(ValueError):
+
+class RunFileError(UserError, ValueError):
     """A file of a run folder that cannot be read as what it should be."""
 
 

@@ -30,8 +30,7 @@ _held: dict[Path, tuple[int, int]] = {}  # lock file -> (open descriptor, holder
 
 
 def acquire(run: RunDir) -> Path:
-    """Take ``run``'s lock (creating the folder), or raise ``RunLockedError`` at once."""
-    run.root.mkdir(parents=True, exist_ok=True)
+    """Take ``run``'s lock (the folder exists), or raise ``RunLockedError`` at once."""
     path = run.lock.resolve()
     if path in _held:
         fd, count = _held[path]

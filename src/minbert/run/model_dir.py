@@ -12,8 +12,6 @@ import json
 import shutil
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from minbert.config import Config, load_config
 from minbert.model.bert import BertModel
 from minbert.model.loading import (
@@ -22,6 +20,7 @@ from minbert.model.loading import (
     read_config,
     read_json,
     read_safetensors,
+    write_safetensors,
 )
 from minbert.model.multitask import MultiTaskModel
 from minbert.model.tokenizer import Tokenizer
@@ -40,7 +39,7 @@ def save_model_dir(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, tmp / "model.safetensors")
+    write_safetensors(state, tmp / "model.safetensors")
     (tmp / "config.toml").write_text(config.to_toml(), encoding="utf-8")
     (tmp / "encoder.json").write_text(json.dumps(model.encoder.config.to_hf_dict(), indent=2))
     shutil.copyfile(tokenizer.vocab_file, tmp / "vocab.txt")

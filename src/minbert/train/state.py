@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from minbert.data.schedules import planned_examples
-from minbert.model.loading import read_json
+from minbert.errors import UserError
+from minbert.model.loading import read_json, write_safetensors
 from minbert.run.atomic import recover, swap_in, write_atomic  # noqa: F401 (recover: callers)
 from minbert.run.manifest import read_checked, verify, write_manifest
 
@@ -77,7 +78,7 @@ def _key(k: Any) -> Any:
     return tuple(k) if isinstance(k, list) else k
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (a non-finite loss, an unusable output folder, ...)."""
 
 
@@ -149,7 +150,7 @@ def save_state(folder: Path, state: dict) -> None:
     tmp.mkdir(parents=True)
     tensors: dict[str, torch.Tensor] = {}
     tree = flatten(state, tensors)
-    save_file(tensors, tmp / TENSOR_FILE)
+    write_safetensors(tensors, tmp / TENSOR_FILE)
     (tmp / STATE_FILE).write_text(json.dumps(tree), encoding="utf-8")
     write_manifest(tmp)
     swap_in(tmp, folder)
