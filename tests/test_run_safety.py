@@ -204,6 +204,18 @@ def test_a_damaged_best_model_is_named(finished, tmp_path, how, name):
         load_model_dir(best)
 
 
+def test_a_model_directory_without_a_manifest_loads_unverified(finished, tmp_path, caplog):
+    best = tmp_path / "best"  # as written before manifests existed
+    best.mkdir()
+    for p in (finished / "best").iterdir():
+        if p.name != "manifest.json":
+            (best / p.name).write_bytes(p.read_bytes())
+    with caplog.at_level(logging.WARNING, logger="minbert"):
+        model, _, _ = load_model_dir(best)
+    assert "has no manifest.json (written by an older minbert): not verified" in caplog.text
+    assert model.tasks == ["sst", "quora", "sts"]
+
+
 def test_a_checkpoint_lists_its_files_tensors_and_shapes(finished):
     manifest = json.loads((finished / "last" / "manifest.json").read_text())
     assert set(manifest["files"]) == {"state.json", "state.safetensors"}
