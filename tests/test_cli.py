@@ -108,10 +108,10 @@ def test_predict_text_and_errors(smoke_run, capsys):
         == 0
     )
     assert capsys.readouterr().out.strip() in {"0", "1"}
-    with pytest.raises(SystemExit, match="did not train task 'cfimdb'"):
-        main(["predict", str(smoke_run), "--task", "cfimdb", "--text", "a"])
-    with pytest.raises(SystemExit, match="needs --text and --text2"):
-        main(["predict", str(smoke_run), "--task", "sts", "--text", "a"])
+    assert main(["predict", str(smoke_run), "--task", "cfimdb", "--text", "a"]) == 2
+    assert "error: this run did not train task 'cfimdb'" in capsys.readouterr().err
+    assert main(["predict", str(smoke_run), "--task", "sts", "--text", "a"]) == 2
+    assert "error: task sts needs --text and --text2" in capsys.readouterr().err
 
 
 def test_predict_file(smoke_run, tmp_path):

@@ -139,7 +139,9 @@ def test_select_by_picks_the_epoch_of_that_metric(tiny_setup, tmp_path):
 
 def test_moved_keys_keep_working_and_name_the_new_key(caplog):
     with caplog.at_level(logging.WARNING, logger="minbert"):
-        config = load_config(None, ["heads.sts.cosent=2", "heads.sts.cosent_scale=5"])
+        config = load_config(
+            None, ["train.tasks=['sts']", "heads.sts.cosent=2", "heads.sts.cosent_scale=5"]
+        )
     assert config.objective("sts").cosent.weight == 2.0
     assert config.objective("sts").cosent.scale == 5.0
     assert "objectives.sts.cosent.weight" in caplog.text

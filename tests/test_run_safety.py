@@ -270,7 +270,7 @@ sys.exit(main(sys.argv[1:]))
         # the trainer's evaluation of epoch 2, the last one (epoch 1's was call 1)
         ("train.trainer", "evaluate", 2, "during the evaluation of epoch 2"),
         # the final predictions: the second prediction file written
-        ("train.callbacks.predictions", "write_predictions", 2, "before the final predictions"),
+        ("train.callbacks.predictions", "write_predictions", 2, "during the final predictions"),
     ],
 )
 def test_sigterm_during_the_final_work_stops_and_resumes_without_training(

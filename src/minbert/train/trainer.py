@@ -302,7 +302,7 @@ class Trainer:
             with self.signals.interruptible():
                 self.callbacks.on_train_end(self, summary)
         except StopRequested:
-            self._stop_if_signalled("before the final predictions were all written")
+            self._stop_if_signalled("during the final predictions and report")
         return summary
 
     def _stop_if_signalled(self, during: str = "") -> None:
