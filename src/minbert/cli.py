@@ -170,6 +170,42 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from minbert.serve.http import create_app
+    from minbert.serve.settings import ServeSettings
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    backend = load_backend(args.run, args.backend, args.threads)
+    settings = ServeSettings(
+        max_batch=1 if args.no_batching else args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_items=args.max_items,
+        max_text_bytes=args.max_text_bytes,
+        max_body_bytes=args.max_body_bytes,
+    )
+    app = create_app(backend, settings, name=str(args.run))
+    print(f"serving {', '.join(backend.tasks)} of {args.run} on http://{args.host}:{args.port}")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def load_backend(path: str, backend: str, threads: int = 0):
+    """``torch``: a run folder or model directory; ``onnx``: a folder written by
+    ``minbert export --format onnx``."""
+    if backend == "onnx":
+        from minbert.onnx.predictor import OnnxPredictor
+
+        return OnnxPredictor.from_dir(path, threads=threads)
+    from minbert.eval.predictor import Predictor
+
+    return Predictor.from_run(path)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from minbert.bench.throughput import run
     from minbert.cli_bench import options_from_args
@@ -254,6 +290,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--mean", action="store_true", help="add a row of mean ± std over the runs (seeds)"
     )
     cp.set_defaults(func=cmd_compare)
+
+    from minbert.serve.settings import ServeSettings
+
+    limits = ServeSettings()
+    se = sub.add_parser("serve", help="HTTP API over a trained run (docs at /docs)")
+    se.add_argument("run", help="run folder or model directory (onnx: an ONNX export folder)")
+    se.add_argument("--host", default="127.0.0.1")
+    se.add_argument("--port", type=int, default=8000)
+    se.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    se.add_argument("--threads", type=int, default=0, help="CPU threads (0: the default)")
+    options = {
+        "--max-batch": (int, limits.max_batch, "items per forward pass"),
+        "--max-wait-ms": (float, limits.max_wait_ms, "how long a batch waits for more requests"),
+        "--max-items": (int, limits.max_items, "texts or pairs per request"),
+        "--max-text-bytes": (int, limits.max_text_bytes, "UTF-8 bytes per text"),
+        "--max-body-bytes": (int, limits.max_body_bytes, "request body limit"),
+    }
+    for flag, (kind, default, text) in options.items():
+        se.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+    se.add_argument("--no-batching", action="store_true", help="one request per forward pass")
+    se.set_defaults(func=cmd_serve)
 
     from minbert.cli_bench import add_arguments as add_bench_arguments
 

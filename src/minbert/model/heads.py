@@ -135,9 +135,13 @@ class SequenceHead(nn.Module):
         self.classifier = classifier(width, spec.num_outputs, head)
         self.squeeze = spec.num_outputs == 1
 
+    def embed(self, encoder: BertModel, segment: Segment) -> Tensor:
+        """The pooled vectors (B, H') the classifier reads."""
+        return encode(encoder, segment, self.pooling, self.own_layers)
+
     def forward(self, encoder: BertModel, batch: Batch) -> Tensor:
         (segment,) = batch.segments
-        out = self.classifier(encode(encoder, segment, self.pooling, self.own_layers))
+        out = self.classifier(self.embed(encoder, segment))
         return out.squeeze(-1) if self.squeeze else out
 
 

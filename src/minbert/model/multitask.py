@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from minbert.data.batching import Batch
+from minbert.data.batching import Batch, Segment
 from minbert.data.tasks import TASKS
 from minbert.model.bert import AttentionImpl, BertModel, set_attention
 from minbert.model.heads import BiEncoderHead, HeadSpec, build_head
@@ -40,6 +40,17 @@ class MultiTaskModel(nn.Module):
         if not isinstance(head, BiEncoderHead):
             raise TypeError(f"task {task!r} is not bi-encoded: its head has no sentence embeddings")
         return head.forward_embedded(self.encoder, batch)
+
+    def embeds_sentences(self, task: str) -> bool:
+        """True when ``task``'s head pools one sentence at a time (a single-sentence task or
+        a bi-encoded pair task), so a sentence has an embedding of its own."""
+        return not TASKS[task].is_pair or isinstance(self.heads[task], BiEncoderHead)
+
+    def embed(self, task: str, segment: Segment) -> Tensor:
+        """Sentence vectors (B, H') as ``task``'s head pools them (its own layers included)."""
+        if not self.embeds_sentences(task):
+            raise TypeError(f"task {task!r} encodes its pairs together: no sentence embeddings")
+        return self.heads[task].embed(self.encoder, segment)
 
     def threshold(self, task: str) -> Tensor | None:
         """A calibrated binary task's decision threshold on its logit (None: 0, p = 0.5)."""

@@ -1,0 +1,15 @@
+"""The service's limits and batching (``minbert serve`` options); no web imports, so the CLI
+can show the defaults without loading FastAPI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    max_batch: int = 32  # items per forward pass (1: batching off)
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
+    max_items: int = 128  # texts or pairs per request
+    max_text_bytes: int = 4096  # UTF-8 bytes per text
+    max_body_bytes: int = 1 << 20  # request body
