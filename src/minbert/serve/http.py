@@ -88,10 +88,11 @@ class InputsRequest(Strict):
     truncate: StrictBool | None = None  # accepted as TEI clients send it; texts are always cut
 
 
-class BodyLimit:
+class JsonBody:
     """ASGI middleware: a body over ``limit`` bytes is refused (413) before it is parsed,
     whether it announces its length or streams; a body within it is read once and handed
-    on."""
+    on, as JSON whatever its content-type says (the API speaks JSON only, and ``curl -d``
+    labels its data as a form)."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -99,6 +100,9 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+        scope["headers"] = [*headers, (b"content-type", b"application/json")]  # in place:
+        # the router records the matched route in this same dict, which the metrics read
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
             return await self._refuse(scope, receive, send)
@@ -173,7 +177,7 @@ def create_app(backend, settings: ServeSettings | None = None, name: str = "") -
         executor.shutdown(wait=True)
 
     app = FastAPI(title="minbert", lifespan=lifespan, version=_version("minbert"))
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(JsonBody, limit=settings.max_body_bytes)
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
