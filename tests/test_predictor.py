@@ -49,3 +49,20 @@ def test_bad_requests_name_what_is_wrong(trained):
     with pytest.raises(PredictorError, match="input 0: empty text"):
         predictor.predict("sst", ["   "])
     assert predictor.predict("sst", []).shape == (0,)
+
+
+@pytest.mark.parametrize("task", ["sst", "quora", "sts"])
+def test_padding_batches_to_a_multiple_changes_no_answer(trained, tiny_setup, task):
+    dev = read_task_file(tiny_setup / "data" / TASKS[task].files["dev"], TASKS[task], "dev")
+    inputs = [t[0] if len(t) == 1 else t for t in dev.texts]
+    plain = Predictor.from_run(trained).outputs(task, inputs)
+    padded = Predictor.from_run(trained, pad_multiple=16).outputs(task, inputs)
+    np.testing.assert_array_equal(plain.values, padded.values)
+    np.testing.assert_allclose(plain.outputs, padded.outputs, atol=1e-5)
+    if task != "quora":  # quora is cross-encoded here: no sentence embeddings
+        sentences = [t[0] for t in dev.texts]
+        np.testing.assert_allclose(
+            Predictor.from_run(trained).embed(task, sentences),
+            Predictor.from_run(trained, pad_multiple=16).embed(task, sentences),
+            atol=1e-5,
+        )

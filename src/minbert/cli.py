@@ -180,21 +180,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    backend = load_backend(args.run, args.backend, args.threads)
     settings = ServeSettings(
         max_batch=1 if args.no_batching else args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_items=args.max_items,
         max_text_bytes=args.max_text_bytes,
         max_body_bytes=args.max_body_bytes,
+        pad_multiple=args.pad_multiple,
     )
+    backend = load_backend(args.run, args.backend, args.threads, settings.pad_multiple)
     app = create_app(backend, settings, name=str(args.run))
     print(f"serving {', '.join(backend.tasks)} of {args.run} on http://{args.host}:{args.port}")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
-def load_backend(path: str, backend: str, threads: int = 0):
+def load_backend(path: str, backend: str, threads: int = 0, pad_multiple: int = 1):
     """``torch``: a run folder or model directory; ``onnx``: a folder written by
     ``minbert export --format onnx``."""
     if backend == "onnx":
@@ -203,7 +204,7 @@ def load_backend(path: str, backend: str, threads: int = 0):
         return OnnxPredictor.from_dir(path, threads=threads)
     from minbert.eval.predictor import Predictor
 
-    return Predictor.from_run(path)
+    return Predictor.from_run(path, pad_multiple=pad_multiple)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -306,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-items": (int, limits.max_items, "texts or pairs per request"),
         "--max-text-bytes": (int, limits.max_text_bytes, "UTF-8 bytes per text"),
         "--max-body-bytes": (int, limits.max_body_bytes, "request body limit"),
+        "--pad-multiple": (
+            int,
+            limits.pad_multiple,
+            "pad batches to a multiple of this many tokens (few shapes: memory stays flat)",
+        ),
     }
     for flag, (kind, default, text) in options.items():
         se.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")

@@ -86,9 +86,9 @@ class EncodedTask:
             truncated=self.truncated,
         )
 
-    def batch(self, rows: np.ndarray, pad_id: int = 0) -> Batch:
+    def batch(self, rows: np.ndarray, pad_id: int = 0, multiple: int = 1) -> Batch:
         segments = [
-            pad_sequences([ids[r] for r in rows], [types[r] for r in rows], pad_id)
+            pad_sequences([ids[r] for r in rows], [types[r] for r in rows], pad_id, multiple)
             for ids, types in zip(self.sequences, self.type_ids, strict=True)
         ]
         labels = None if self.labels is None else torch.from_numpy(self.labels[rows])
@@ -136,8 +136,12 @@ def encode_task(
     )
 
 
-def pad_sequences(ids: list[np.ndarray], types: list[np.ndarray], pad_id: int = 0) -> Segment:
-    longest = max(len(x) for x in ids)
+def pad_sequences(
+    ids: list[np.ndarray], types: list[np.ndarray], pad_id: int = 0, multiple: int = 1
+) -> Segment:
+    """One padded batch, as long as its longest sequence rounded up to ``multiple`` (a
+    server pads to few distinct lengths, so oneDNN caches few kernels)."""
+    longest = -(-max(len(x) for x in ids) // multiple) * multiple
     input_ids = np.full((len(ids), longest), pad_id, dtype=np.int64)
     token_types = np.zeros((len(ids), longest), dtype=np.int64)
     mask = np.zeros((len(ids), longest), dtype=np.int64)

@@ -36,8 +36,10 @@ def predict(
     device: torch.device | str = "cpu",
     bf16: bool = False,
     progress: bool = False,
+    pad_multiple: int = 1,
 ) -> Predictions:
-    """Predictions for every row of ``data``, in row order."""
+    """Predictions for every row of ``data``, in row order (each batch padded to a multiple
+    of ``pad_multiple`` tokens)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -47,9 +49,11 @@ def predict(
     outputs = np.zeros((len(data), *width), dtype=np.float32)
     head = model.heads[data.task]
     if isinstance(head, BiEncoderHead):
-        batches = _bi_encoded_outputs(model, head, data, batch_size, device, bf16, progress)
+        batches = _bi_encoded_outputs(
+            model, head, data, batch_size, device, bf16, progress, pad_multiple
+        )
     else:
-        batches = _outputs(model, data, batch_size, device, bf16, progress)
+        batches = _outputs(model, data, batch_size, device, bf16, progress, pad_multiple)
     threshold = model.threshold(data.task)
     for rows, out in batches:
         if threshold is not None:
@@ -63,7 +67,7 @@ def predict(
 
 
 def _outputs(
-    model, data, batch_size, device, bf16, progress
+    model, data, batch_size, device, bf16, progress, pad_multiple
 ) -> Iterator[tuple[np.ndarray, Tensor]]:
     """Head outputs, batch by batch of rows of similar length."""
     batches = eval_batches(data.lengths, batch_size)
@@ -71,12 +75,12 @@ def _outputs(
         batches, desc=f"eval {data.task} {data.split}", leave=False, disable=not progress
     ):
         with autocast(device, bf16):
-            out = model(data.task, data.batch(rows).to(device))
+            out = model(data.task, data.batch(rows, multiple=pad_multiple).to(device))
         yield rows, out
 
 
 def _bi_encoded_outputs(
-    model, head, data, batch_size, device, bf16, progress
+    model, head, data, batch_size, device, bf16, progress, pad_multiple
 ) -> Iterator[tuple[np.ndarray, Tensor]]:
     """Head outputs of a bi-encoded pair task, encoding each distinct sentence once.
 
@@ -101,7 +105,8 @@ def _bi_encoded_outputs(
         disable=not progress,
     ):
         ids = [distinct[i] for i in rows]
-        segment = pad_sequences(ids, [np.zeros_like(x) for x in ids]).to(device)
+        segment = pad_sequences(ids, [np.zeros_like(x) for x in ids], 0, pad_multiple)
+        segment = segment.to(device)
         with autocast(device, bf16):
             pooled = head.embed(model.encoder, segment)
         if table is None:

@@ -30,7 +30,18 @@ class PredictorError(UserError, ValueError):
 
 
 class Predictor:
-    def __init__(self, model: MultiTaskModel, tokenizer: Tokenizer, config: Config, device):
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        tokenizer: Tokenizer,
+        config: Config,
+        device,
+        pad_multiple: int = 1,
+    ):
+        """``pad_multiple``: pad each batch to a multiple of this many tokens (a server
+        sees every length; few distinct shapes keep oneDNN's kernel cache, and memory,
+        small)."""
+        self.pad_multiple = pad_multiple
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -38,16 +49,12 @@ class Predictor:
         self.bf16 = use_bf16(config.train.precision, self.device)
 
     @classmethod
-    def from_run(cls, path: str | Path, device: str = "auto") -> Predictor:
+    def from_run(cls, path: str | Path, device: str = "auto", pad_multiple: int = 1) -> Predictor:
         """A run folder (its ``best/``) or a model directory; ``device`` "auto" takes the
         run's own ``train.device`` setting."""
         model, tokenizer, config = load_model_dir(path)
-        return cls(
-            model,
-            tokenizer,
-            config,
-            resolve_device(config.train.device if device == "auto" else device),
-        )
+        device = resolve_device(config.train.device if device == "auto" else device)
+        return cls(model, tokenizer, config, device, pad_multiple)
 
     @property
     def tasks(self) -> list[str]:
@@ -81,7 +88,9 @@ class Predictor:
             bi_encode=self.config.bi_encoded(data.task),
         )
         batch_size = self.config.train.eval_batch_size
-        return predict(self.model, encoded, batch_size, self.device, self.bf16)
+        return predict(
+            self.model, encoded, batch_size, self.device, self.bf16, pad_multiple=self.pad_multiple
+        )
 
     @torch.inference_mode()
     def embed(self, task: str, texts: Sequence[str]) -> np.ndarray:
@@ -102,7 +111,12 @@ class Predictor:
         for batch in eval_batches(
             np.array([len(x) for x in ids]), self.config.train.eval_batch_size
         ):
-            segment = pad_sequences([ids[i] for i in batch], [np.zeros_like(ids[i]) for i in batch])
+            segment = pad_sequences(
+                [ids[i] for i in batch],
+                [np.zeros_like(ids[i]) for i in batch],
+                0,
+                self.pad_multiple,
+            )
             with autocast(self.device, self.bf16):
                 vectors = self.model.embed(task, segment.to(self.device)).float().cpu().numpy()
             if not out.shape[1]:

@@ -13,3 +13,4 @@ class ServeSettings:
     max_items: int = 128  # texts or pairs per request
     max_text_bytes: int = 4096  # UTF-8 bytes per text
     max_body_bytes: int = 1 << 20  # request body
+    pad_multiple: int = 16  # batches padded to a multiple of this many tokens (torch backend)
