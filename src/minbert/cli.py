@@ -93,13 +93,13 @@ def _check_tasks(asked: list[str], trained: list[str]) -> list[str]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from minbert.data.io import read_task_file, write_predictions
     from minbert.data.tasks import TASKS
-    from minbert.eval.predictor import Predictor, PredictorError
+    from minbert.eval.predictor import PredictorError
 
     if args.input and (args.text is not None or args.text2 is not None):
         raise UsageError("give either --input FILE or --text (and --text2), not both")
     if not args.input and args.text is None:
         raise UsageError("give --text (and --text2 for pair tasks) or --input FILE")
-    predictor = Predictor.from_run(args.run)
+    predictor = load_backend(args.run, args.backend)
     try:
         predictor.check_task(args.task)
         spec = TASKS[args.task]
@@ -129,6 +129,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from minbert.model.loading import export_pretrained, load_pretrained
     from minbert.run.model_dir import load_model_dir
+
+    if args.format == "onnx":
+        from minbert.onnx.export import export_onnx
+
+        out = export_onnx(args.source, args.out, quantize=args.quantize)
+        print(
+            f"wrote ONNX graphs of every task to {out} (serve: minbert serve {out} --backend onnx)"
+        )
+        return 0
+    if args.quantize:
+        raise UsageError("--quantize applies to --format onnx")
 
     try:  # a run folder or model directory, else a pretrained model name or HF directory
         model, tokenizer, _ = load_model_dir(args.source)
@@ -268,11 +279,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--text2", help="second sentence of a pair task")
     pr.add_argument("--input", help="TSV file with the task's columns (labels optional)")
     pr.add_argument("--output", help="write id,prediction CSV here")
+    pr.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="onnx: RUN is a folder written by `minbert export --format onnx`",
+    )
     pr.set_defaults(func=cmd_predict)
 
-    ex = sub.add_parser("export", help="write an encoder as a Hugging Face BERT directory")
+    ex = sub.add_parser("export", help="write a Hugging Face BERT directory, or ONNX graphs")
     ex.add_argument("source", help="run folder, model directory, or pretrained model name")
     ex.add_argument("out", help="folder to write")
+    ex.add_argument(
+        "--format",
+        choices=["hf", "onnx"],
+        default="hf",
+        help="hf: the encoder as a Hugging Face BERT directory; onnx: the encoder and the "
+        "run's heads, one graph per task, for ONNX Runtime",
+    )
+    ex.add_argument("--quantize", choices=["int8"], help="onnx: int8 dynamic quantisation")
     ex.set_defaults(func=cmd_export)
 
     co = sub.add_parser("config", help="print the resolved config (defaults, file, overrides)")
