@@ -237,3 +237,30 @@ def test_no_request_body_is_a_server_error(client, route, body):
     r = client.post(route, json=body)
     assert r.status_code < 500, r.text
     assert r.status_code == 200 or "error" in r.json()
+
+
+def test_the_onnx_backend_serves_the_same_answers(finished_tiny_run, tmp_path, client):
+    from minbert.onnx.export import export_onnx
+    from minbert.onnx.predictor import OnnxPredictor
+
+    backend = OnnxPredictor.from_dir(export_onnx(finished_tiny_run, tmp_path / "onnx"))
+    with TestClient(create_app(backend, LIMITS)) as onnx:
+        for route, body in [
+            ("/v1/sentiment", {"texts": TEXTS}),
+            ("/v1/paraphrase", {"pairs": PAIRS}),
+            ("/v1/similarity", {"pairs": PAIRS}),
+        ]:
+            a, b = client.post(route, json=body).json(), onnx.post(route, json=body).json()
+            assert a["task"] == b["task"]
+            for x, y in zip(a["results"], b["results"], strict=True):
+                assert x.keys() == y.keys()
+                for key in x:
+                    if isinstance(x[key], str | bool | int):  # names, decisions, classes
+                        assert x[key] == y[key]
+                    else:
+                        np.testing.assert_allclose(x[key], y[key], atol=1e-4)
+        vectors = onnx.post("/v1/embed", json={"texts": TEXTS}).json()["embeddings"]
+        np.testing.assert_allclose(
+            vectors, client.post("/v1/embed", json={"texts": TEXTS}).json()["embeddings"], atol=1e-4
+        )
+        assert onnx.get("/info").json()["backend"] == "onnx"

@@ -133,11 +133,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         from minbert.onnx.export import export_onnx
 
-        out = export_onnx(args.source, args.out, quantize=args.quantize)
-        print(
-            f"wrote ONNX graphs of every task to {out} (serve: minbert serve {out} --backend onnx)"
+        tasks = args.tasks.split(",") if args.tasks else None
+        out = export_onnx(
+            args.source, args.out, quantize=args.quantize, overwrite=args.overwrite, tasks=tasks
         )
+        print(f"wrote ONNX graphs to {out} (serve them: minbert serve {out} --backend onnx)")
         return 0
+    if args.tasks or args.overwrite:
+        raise UsageError("--tasks and --overwrite apply to --format onnx")
     if args.quantize:
         raise UsageError("--quantize applies to --format onnx")
 
@@ -298,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run's heads, one graph per task, for ONNX Runtime",
     )
     ex.add_argument("--quantize", choices=["int8"], help="onnx: int8 dynamic quantisation")
+    ex.add_argument("--tasks", help="onnx: comma-separated tasks to export (default: all)")
+    ex.add_argument("--overwrite", action="store_true", help="onnx: replace an earlier export")
     ex.set_defaults(func=cmd_export)
 
     co = sub.add_parser("config", help="print the resolved config (defaults, file, overrides)")

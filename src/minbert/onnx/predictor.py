@@ -21,11 +21,11 @@ import numpy as np
 
 from minbert.config import Config, load_config
 from minbert.data.batching import EncodedTask, encode_task, eval_batches, pad_sequences
-from minbert.data.io import TaskData, is_blank
+from minbert.data.io import TaskData
 from minbert.data.tasks import TASKS
 from minbert.errors import UserError
 from minbert.eval.evaluate import Predictions
-from minbert.eval.predictor import PredictorError
+from minbert.eval.predictor import PredictorError, input_rows
 from minbert.model.tokenizer import Tokenizer
 from minbert.onnx.export import FORMAT, FORMAT_VERSION, INFO, SEGMENT_INPUTS
 from minbert.run.manifest import read_checked, verify
@@ -100,7 +100,7 @@ class OnnxPredictor:
         return int(self.info["parameters"])
 
     def check_task(self, task: str) -> None:
-        _input_rows(task, [], self.tasks)
+        input_rows(task, [], self.tasks)
 
     def embeds_sentences(self, task: str) -> bool:
         """True when ``task``'s head pools one sentence at a time (a single-sentence task or
@@ -119,7 +119,7 @@ class OnnxPredictor:
     def outputs(self, task: str, inputs: Sequence[str] | Sequence[tuple[str, str]]) -> Predictions:
         """The predictions and the head outputs behind them (logits; a binary logit less its
         calibrated threshold; a score in training space), as ``eval.evaluate.predict``."""
-        return self.outputs_data(_input_rows(task, inputs, self.tasks))
+        return self.outputs_data(input_rows(task, inputs, self.tasks))
 
     def predict_data(self, data: TaskData) -> np.ndarray:
         """Predictions for every row of a read task file (``read_task_file``), in row order."""
@@ -155,7 +155,7 @@ class OnnxPredictor:
                 f"task {task} encodes its two sentences together: a sentence has no embedding "
                 "of its own there"
             )
-        rows = _input_rows(task, [(t,) for t in texts], self.tasks, single=True).texts
+        rows = input_rows(task, [(t,) for t in texts], self.tasks, single=True).texts
         encoded = self.tokenizer.encode_batch(
             [r[0] for r in rows], None, self.config.data.max_length
         )
@@ -235,24 +235,3 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     return data
-
-
-def _input_rows(task: str, inputs: Sequence, trained: list[str], single: bool = False) -> TaskData:
-    """``inputs`` checked as rows of ``task`` (strings, or (a, b) pairs for pair tasks;
-    ``single``: one sentence each whatever the task), as a ``TaskData`` without labels, with
-    ``Predictor``'s messages (tests/test_onnx.py holds the two to the same ones)."""
-    if task not in trained:
-        raise PredictorError(f"this run did not train task {task!r}; it trained {trained}")
-    spec = TASKS[task]
-    width = 1 if single else len(spec.text_columns)
-    rows = []
-    for i, item in enumerate(inputs):
-        texts = (item,) if isinstance(item, str) else tuple(item)
-        if len(texts) != width:
-            need = "(sentence1, sentence2) pairs" if width == 2 else "single sentences"
-            raise PredictorError(f"input {i}: task {task} takes {need}")
-        if not all(isinstance(t, str) and not is_blank(t) for t in texts):
-            raise PredictorError(f"input {i}: empty text")
-        rows.append(texts)
-    ids = [str(i) for i in range(len(rows))]
-    return TaskData(task, "input", Path("<api>"), ids, rows, None, [])
