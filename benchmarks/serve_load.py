@@ -104,7 +104,8 @@ async def load(url: str, texts: list[str], clients: int, seconds: float, max_req
 def measure(args, backend: str, source: str, batching: bool, texts: list[str]) -> dict:
     server, url = start_server(source, backend, batching, args.threads)
     try:
-        asyncio.run(load(url, texts, args.clients, min(5.0, args.seconds), 10**9))  # warm-up
+        # warm-up: the first requests fill the kernel and memory caches of each shape
+        asyncio.run(load(url, texts, args.clients, args.warmup, 10**9))
         rss_start = rss_mib(server.pid)
         latencies, errors, wall = asyncio.run(
             load(url, texts, args.clients, args.seconds, args.max_requests)
@@ -152,13 +153,16 @@ def main() -> None:
     parser.add_argument("--onnx", help="ONNX export folder of the same run (onnx backend)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--warmup", type=float, default=20.0, help="seconds before measuring")
+    parser.add_argument("--skip-torch", action="store_true", help="measure the onnx backend only")
     parser.add_argument("--max-requests", type=int, default=100_000, help="per measurement")
     parser.add_argument("--threads", type=int, default=0, help="server CPU threads")
     parser.add_argument("--data", default=str(ROOT / "data" / "ids-sst-dev.csv"))
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     texts = sentences(Path(args.data))
-    backends = [("torch", args.run)] + ([("onnx", args.onnx)] if args.onnx else [])
+    backends = [] if args.skip_torch else [("torch", args.run)]
+    backends += [("onnx", args.onnx)] if args.onnx else []
     rows = []
     for backend, source in backends:
         for batching in (True, False):

@@ -215,7 +215,7 @@ def load_backend(path: str, backend: str, threads: int = 0, pad_multiple: int = 
     if backend == "onnx":
         from minbert.onnx.predictor import OnnxPredictor
 
-        return OnnxPredictor.from_dir(path, threads=threads)
+        return OnnxPredictor.from_dir(path, threads=threads, pad_multiple=pad_multiple)
     from minbert.eval.predictor import Predictor
 
     return Predictor.from_run(path, pad_multiple=pad_multiple)

@@ -38,9 +38,18 @@ class OnnxFolderError(UserError, ValueError):
 class OnnxPredictor:
     backend = "onnx"
 
-    def __init__(self, folder: Path, info: dict, config: Config, tokenizer: Tokenizer, threads=0):
+    def __init__(
+        self,
+        folder: Path,
+        info: dict,
+        config: Config,
+        tokenizer: Tokenizer,
+        threads=0,
+        pad_multiple: int = 1,
+    ):
         import onnxruntime as ort
 
+        self.pad_multiple = pad_multiple  # as Predictor's: few shapes for a server
         self.folder = folder
         self.info = info
         self.config = config
@@ -59,7 +68,7 @@ class OnnxPredictor:
                     )
 
     @classmethod
-    def from_dir(cls, path: str | Path, threads: int = 0) -> OnnxPredictor:
+    def from_dir(cls, path: str | Path, threads: int = 0, pad_multiple: int = 1) -> OnnxPredictor:
         """An export folder; ``threads`` > 0 sets ONNX Runtime's intra-op threads (0: its
         default, one per physical core)."""
         folder = Path(path)
@@ -83,7 +92,7 @@ class OnnxPredictor:
         tokenizer = Tokenizer(
             folder / "vocab.txt", meta.get("lowercase", True), ptb_text=config.data.ptb_text
         )
-        return cls(folder, info, config, tokenizer, threads)
+        return cls(folder, info, config, tokenizer, threads, pad_multiple)
 
     @property
     def tasks(self) -> list[str]:
@@ -165,7 +174,7 @@ class OnnxPredictor:
         return self.sessions[name].run(outputs, feed)
 
     def _segment_feed(self, ids: list[np.ndarray], types: list[np.ndarray]) -> dict:
-        segment = pad_sequences(ids, types)
+        segment = pad_sequences(ids, types, 0, self.pad_multiple)
         tensors = {
             "input_ids": segment.input_ids,
             "token_type_ids": segment.token_type_ids,
