@@ -57,8 +57,12 @@ def test_padding_batches_to_a_multiple_changes_no_answer(trained, tiny_setup, ta
     inputs = [t[0] if len(t) == 1 else t for t in dev.texts]
     plain = Predictor.from_run(trained).outputs(task, inputs)
     padded = Predictor.from_run(trained, pad_multiple=16).outputs(task, inputs)
-    np.testing.assert_array_equal(plain.values, padded.values)
+    # the same classes; scores and outputs to rounding (a longer padded row changes the
+    # order of some float sums in the kernels)
+    np.testing.assert_allclose(plain.values, padded.values, atol=1e-5, rtol=0)
     np.testing.assert_allclose(plain.outputs, padded.outputs, atol=1e-5)
+    if TASKS[task].label_kind != "score":
+        np.testing.assert_array_equal(plain.values, padded.values)
     if task != "quora":  # quora is cross-encoded here: no sentence embeddings
         sentences = [t[0] for t in dev.texts]
         np.testing.assert_allclose(
