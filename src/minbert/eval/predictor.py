@@ -29,7 +29,47 @@ class PredictorError(UserError, ValueError):
     """A request the run cannot answer (a task it did not train, the wrong kind of input)."""
 
 
-class Predictor:
+class TaskPredictor:
+    """What every backend (PyTorch here, ONNX Runtime in ``minbert.onnx``) shares: the
+    checks and forms of a request. A backend gives ``tasks``, ``tokenizer``, ``config``,
+    ``outputs_data(data)``, ``embeds_sentences(task)`` and ``sentence_vectors(task, ids)``."""
+
+    def check_task(self, task: str) -> None:
+        input_rows(task, [], self.tasks)
+
+    def predict(self, task: str, inputs: Sequence[str] | Sequence[tuple[str, str]]) -> np.ndarray:
+        """One prediction per input: a class id (SST, CFIMDB), 0/1 (Quora) or a score (STS).
+        Single-sentence tasks take strings, pair tasks (a, b) pairs."""
+        return self.outputs(task, inputs).values
+
+    def outputs(self, task: str, inputs: Sequence[str] | Sequence[tuple[str, str]]) -> Predictions:
+        """The predictions and the head outputs behind them (logits; a binary logit less its
+        calibrated threshold; a score in training space), as ``eval.evaluate.predict``."""
+        return self.outputs_data(input_rows(task, inputs, self.tasks))
+
+    def predict_data(self, data: TaskData) -> np.ndarray:
+        """Predictions for every row of a read task file (``read_task_file``), in row order."""
+        return self.outputs_data(data).values
+
+    def embed(self, task: str, texts: Sequence[str]) -> np.ndarray:
+        """Sentence vectors (N, H') as ``task``'s head pools them: the vectors a bi-encoded
+        task compares, or those a single-sentence task classifies."""
+        self.check_task(task)
+        if not self.embeds_sentences(task):
+            raise PredictorError(
+                f"task {task} encodes its two sentences together: a sentence has no embedding "
+                "of its own there"
+            )
+        rows = input_rows(task, [(t,) for t in texts], self.tasks, single=True).texts
+        encoded = self.tokenizer.encode_batch(
+            [r[0] for r in rows], None, self.config.data.max_length
+        )
+        return self.sentence_vectors(
+            task, [np.asarray(e.input_ids, dtype=np.int64) for e in encoded]
+        )
+
+
+class Predictor(TaskPredictor):
     def __init__(
         self,
         model: MultiTaskModel,
@@ -60,23 +100,6 @@ class Predictor:
     def tasks(self) -> list[str]:
         return list(self.model.tasks)
 
-    def check_task(self, task: str) -> None:
-        input_rows(task, [], self.tasks)
-
-    def predict(self, task: str, inputs: Sequence[str] | Sequence[tuple[str, str]]) -> np.ndarray:
-        """One prediction per input: a class id (SST, CFIMDB), 0/1 (Quora) or a score (STS).
-        Single-sentence tasks take strings, pair tasks (a, b) pairs."""
-        return self.outputs(task, inputs).values
-
-    def outputs(self, task: str, inputs: Sequence[str] | Sequence[tuple[str, str]]) -> Predictions:
-        """The predictions and the head outputs behind them (logits; a binary logit less its
-        calibrated threshold; a score in training space), as ``eval.evaluate.predict``."""
-        return self.outputs_data(input_rows(task, inputs, self.tasks))
-
-    def predict_data(self, data: TaskData) -> np.ndarray:
-        """Predictions for every row of a read task file (``read_task_file``), in row order."""
-        return self.outputs_data(data).values
-
     def outputs_data(self, data: TaskData) -> Predictions:
         self.check_task(data.task)
         if not len(data):
@@ -92,21 +115,12 @@ class Predictor:
             self.model, encoded, batch_size, self.device, self.bf16, pad_multiple=self.pad_multiple
         )
 
+    def embeds_sentences(self, task: str) -> bool:
+        return self.model.embeds_sentences(task)
+
     @torch.inference_mode()
-    def embed(self, task: str, texts: Sequence[str]) -> np.ndarray:
-        """Sentence vectors (N, H') as ``task``'s head pools them: the vectors a bi-encoded
-        task compares, or those a single-sentence task classifies."""
-        self.check_task(task)
-        if not self.model.embeds_sentences(task):
-            raise PredictorError(
-                f"task {task} encodes its two sentences together: a sentence has no embedding "
-                "of its own there"
-            )
-        rows = input_rows(task, [(t,) for t in texts], self.tasks, single=True).texts
-        encoded = self.tokenizer.encode_batch(
-            [r[0] for r in rows], None, self.config.data.max_length
-        )
-        ids = [np.asarray(e.input_ids, dtype=np.int64) for e in encoded]
+    def sentence_vectors(self, task: str, ids: list[np.ndarray]) -> np.ndarray:
+        """The head's pooled vectors of these token ids, batched by length."""
         out = np.zeros((len(ids), 0), dtype=np.float32)
         for batch in eval_batches(
             np.array([len(x) for x in ids]), self.config.train.eval_batch_size

@@ -14,7 +14,6 @@ compare the pairs.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from minbert.data.io import TaskData
 from minbert.data.tasks import TASKS
 from minbert.errors import UserError
 from minbert.eval.evaluate import Predictions
-from minbert.eval.predictor import PredictorError, input_rows
+from minbert.eval.predictor import TaskPredictor
 from minbert.model.tokenizer import Tokenizer
 from minbert.onnx.export import FORMAT, FORMAT_VERSION, INFO, SEGMENT_INPUTS
 from minbert.run.manifest import read_checked, verify
@@ -35,7 +34,7 @@ class OnnxFolderError(UserError, ValueError):
     """A folder that is not a usable ONNX export."""
 
 
-class OnnxPredictor:
+class OnnxPredictor(TaskPredictor):
     backend = "onnx"
 
     def __init__(
@@ -108,9 +107,6 @@ class OnnxPredictor:
         """The exported model's parameter count (the encoder once, every head)."""
         return int(self.info["parameters"])
 
-    def check_task(self, task: str) -> None:
-        input_rows(task, [], self.tasks)
-
     def embeds_sentences(self, task: str) -> bool:
         """True when ``task``'s head pools one sentence at a time (a single-sentence task or
         a bi-encoded pair task), so a sentence has an embedding of its own."""
@@ -119,20 +115,6 @@ class OnnxPredictor:
     def threshold(self, task: str) -> float:
         """A calibrated binary task's decision threshold on its logit (0 when none)."""
         return float(self.heads[task]["threshold"])
-
-    def predict(self, task: str, inputs: Sequence[str] | Sequence[tuple[str, str]]) -> np.ndarray:
-        """One prediction per input: a class id (SST, CFIMDB), 0/1 (Quora) or a score (STS).
-        Single-sentence tasks take strings, pair tasks (a, b) pairs."""
-        return self.outputs(task, inputs).values
-
-    def outputs(self, task: str, inputs: Sequence[str] | Sequence[tuple[str, str]]) -> Predictions:
-        """The predictions and the head outputs behind them (logits; a binary logit less its
-        calibrated threshold; a score in training space), as ``eval.evaluate.predict``."""
-        return self.outputs_data(input_rows(task, inputs, self.tasks))
-
-    def predict_data(self, data: TaskData) -> np.ndarray:
-        """Predictions for every row of a read task file (``read_task_file``), in row order."""
-        return self.outputs_data(data).values
 
     def outputs_data(self, data: TaskData) -> Predictions:
         self.check_task(data.task)
@@ -155,21 +137,6 @@ class OnnxPredictor:
                 outputs[rows] = out
         return Predictions(self._values(task, outputs), outputs)
 
-    def embed(self, task: str, texts: Sequence[str]) -> np.ndarray:
-        """Sentence vectors (N, H') as ``task``'s head pools them: the vectors a bi-encoded
-        task compares, or those a single-sentence task classifies."""
-        self.check_task(task)
-        if not self.embeds_sentences(task):
-            raise PredictorError(
-                f"task {task} encodes its two sentences together: a sentence has no embedding "
-                "of its own there"
-            )
-        rows = input_rows(task, [(t,) for t in texts], self.tasks, single=True).texts
-        encoded = self.tokenizer.encode_batch(
-            [r[0] for r in rows], None, self.config.data.max_length
-        )
-        return self._embeddings(task, [np.asarray(e.input_ids, dtype=np.int64) for e in encoded])
-
     def _run(self, name: str, outputs: list[str], feed: dict[str, np.ndarray]) -> list:
         return self.sessions[name].run(outputs, feed)
 
@@ -191,7 +158,7 @@ class OnnxPredictor:
             feed = self._segment_feed([ids[r] for r in rows], [types[r] for r in rows])
             yield rows, self._run(graph, ["output"], feed)[0]
 
-    def _embeddings(self, task: str, sequences: list[np.ndarray]) -> np.ndarray:
+    def sentence_vectors(self, task: str, sequences: list[np.ndarray]) -> np.ndarray:
         """Pooled vectors (N, H') of single sentences' token ids."""
         head = self.heads[task]
         table = np.zeros((len(sequences), head["embedding_size"]), dtype=np.float32)
@@ -216,7 +183,7 @@ class OnnxPredictor:
                     index[key] = len(distinct)
                     distinct.append(ids)
                 where[p, row] = index[key]
-        table = self._embeddings(data.task, distinct)
+        table = self.sentence_vectors(data.task, distinct)
         compare = self.heads[data.task]["compare"]
         batch_size = self.config.train.eval_batch_size
         for start in range(0, len(data), batch_size):
