@@ -106,8 +106,9 @@ def test_a_task_the_run_did_not_train_is_a_404_naming_the_served_ones(client, pr
 
     class OnlySst:  # a run that trained SST alone
         tasks = ["sst"]
-        config, model = predictor.config, predictor.model
+        backend, config, parameters = "torch", predictor.config, predictor.parameters
         outputs, embed = predictor.outputs, predictor.embed
+        embeds_sentences, threshold = predictor.embeds_sentences, predictor.threshold
 
     with TestClient(create_app(OnlySst())) as only_sst:
         for route in ("/v1/paraphrase", "/v1/similarity"):

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from minbert.model.bert import BertModel
 from minbert.model.loading import (
+    SIZE_FIELDS,
     WeightsError,
     check_state,
     check_vocab,
@@ -24,16 +25,6 @@ from minbert.model.loading import (
     read_json,
     read_safetensors,
 )
-
-SIZE_FIELDS = [
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-    "type_vocab_size",
-]
 
 
 @pytest.fixture(scope="module")

@@ -86,6 +86,23 @@ class EncodedTask:
             truncated=self.truncated,
         )
 
+    def distinct_sentences(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """Each distinct sentence (token ids) of a bi-encoded pair task once, and where each
+        row's parts are among them: (distinct, where) with ``where[part, row]`` an index.
+        Dev and test files repeat sentences across pairs, and a sentence's embedding does not
+        depend on its pair."""
+        index: dict[bytes, int] = {}  # token ids -> position among the distinct sentences
+        distinct: list[np.ndarray] = []
+        where = np.zeros((len(self.sequences), len(self)), dtype=np.int64)  # (2, N)
+        for p, part in enumerate(self.sequences):
+            for row, ids in enumerate(part):
+                key = ids.tobytes()
+                if key not in index:
+                    index[key] = len(distinct)
+                    distinct.append(ids)
+                where[p, row] = index[key]
+        return distinct, where
+
     def batch(self, rows: np.ndarray, pad_id: int = 0, multiple: int = 1) -> Batch:
         segments = [
             pad_sequences([ids[r] for r in rows], [types[r] for r in rows], pad_id, multiple)

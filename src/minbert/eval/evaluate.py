@@ -87,16 +87,7 @@ def _bi_encoded_outputs(
     Dev and test files repeat sentences across pairs; a sentence's embedding does not depend
     on its pair, so each is computed once and the head compares the looked-up pairs.
     """
-    index: dict[bytes, int] = {}  # token ids -> position among the distinct sentences
-    distinct: list[np.ndarray] = []
-    where = np.zeros((len(data.sequences), len(data)), dtype=np.int64)  # (2, N)
-    for p, part in enumerate(data.sequences):
-        for row, ids in enumerate(part):
-            key = ids.tobytes()
-            if key not in index:
-                index[key] = len(distinct)
-                distinct.append(ids)
-            where[p, row] = index[key]
+    distinct, where = data.distinct_sentences()
     table = None  # (distinct sentences, H)
     for rows in tqdm(
         eval_batches(np.array([len(ids) for ids in distinct]), batch_size),

@@ -31,8 +31,9 @@ class PredictorError(UserError, ValueError):
 
 class TaskPredictor:
     """What every backend (PyTorch here, ONNX Runtime in ``minbert.onnx``) shares: the
-    checks and forms of a request. A backend gives ``tasks``, ``tokenizer``, ``config``,
-    ``outputs_data(data)``, ``embeds_sentences(task)`` and ``sentence_vectors(task, ids)``."""
+    checks and forms of a request. A backend gives ``backend`` (its name), ``tasks``,
+    ``tokenizer``, ``config``, ``parameters``, ``threshold(task)``, ``outputs_data(data)``,
+    ``embeds_sentences(task)`` and ``sentence_vectors(task, ids)``."""
 
     def check_task(self, task: str) -> None:
         input_rows(task, [], self.tasks)
@@ -114,6 +115,17 @@ class Predictor(TaskPredictor):
         return predict(
             self.model, encoded, batch_size, self.device, self.bf16, pad_multiple=self.pad_multiple
         )
+
+    backend = "torch"
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def threshold(self, task: str) -> float:
+        """A calibrated binary task's decision threshold on its logit (0 when none)."""
+        threshold = self.model.threshold(task)
+        return 0.0 if threshold is None else float(threshold)
 
     def embeds_sentences(self, task: str) -> bool:
         return self.model.embeds_sentences(task)

@@ -46,7 +46,7 @@ _LEGACY_RENAMES = ((".gamma", ".weight"), (".beta", ".bias"))
 
 # config.json fields that fix the weights' shapes. BertConfig's defaults are BERT-base's, so a
 # config that lost one would otherwise build a model of another size without a word.
-_SIZE_FIELDS = (
+SIZE_FIELDS = (
     "vocab_size",
     "hidden_size",
     "num_hidden_layers",
@@ -126,7 +126,7 @@ def check_config(hf_config: dict, source: str | Path) -> BertConfig:
     if hf_config.get("model_type", "bert") != "bert":
         raise WeightsError(f"{source}: model_type {hf_config['model_type']!r} is not 'bert'")
     problems = []
-    for name in _SIZE_FIELDS:
+    for name in SIZE_FIELDS:
         if name not in hf_config:
             problems.append(f"{name} is missing")
         elif not _is_int(hf_config[name]) or hf_config[name] <= 0:

@@ -173,16 +173,7 @@ class OnnxPredictor(TaskPredictor):
     def _compared(self, data: EncodedTask):
         """Head outputs of a bi-encoded pair task: each distinct sentence encoded once, then
         the pairs compared (as ``eval.evaluate`` does it)."""
-        index: dict[bytes, int] = {}
-        distinct: list[np.ndarray] = []
-        where = np.zeros((len(data.sequences), len(data)), dtype=np.int64)  # (2, N)
-        for p, part in enumerate(data.sequences):
-            for row, ids in enumerate(part):
-                key = ids.tobytes()
-                if key not in index:
-                    index[key] = len(distinct)
-                    distinct.append(ids)
-                where[p, row] = index[key]
+        distinct, where = data.distinct_sentences()
         table = self.sentence_vectors(data.task, distinct)
         compare = self.heads[data.task]["compare"]
         batch_size = self.config.train.eval_batch_size

@@ -133,8 +133,8 @@ class JsonBody:
 
 
 def create_app(backend, settings: ServeSettings | None = None, name: str = "") -> FastAPI:
-    """The service over ``backend`` (``.tasks``, ``.outputs(task, rows)``,
-    ``.embed(task, texts)``, ``.config``); ``name`` is what /info calls the model."""
+    """The service over ``backend`` (a ``TaskPredictor``: ``Predictor`` or ``OnnxPredictor``);
+    ``name`` is what /info calls the model."""
     settings = settings or ServeSettings()
     tasks = list(backend.tasks)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minbert-model")
@@ -239,14 +239,14 @@ def create_app(backend, settings: ServeSettings | None = None, name: str = "") -
 
     def embedding_task(task: str | None) -> str:
         if task is None:
-            candidates = [t for t in tasks if backend_embeds(backend, t)]
+            candidates = [t for t in tasks if backend.embeds_sentences(t)]
             bi = [t for t in candidates if TASKS[t].is_pair]
             if not candidates:
                 raise ServeError(404, "task", "no task of this run embeds single sentences")
             return (bi or candidates)[0]
         if task not in tasks:
             raise ServeError(404, "task", f"this run did not train {task!r}; it serves {tasks}")
-        if not backend_embeds(backend, task):
+        if not backend.embeds_sentences(task):
             raise ServeError(422, "task", f"{task} encodes its pairs together: no embeddings")
         return task
 
@@ -323,7 +323,7 @@ def create_app(backend, settings: ServeSettings | None = None, name: str = "") -
             "model": name,
             "tasks": tasks,
             "routes": {r: [t for t in ts if t in tasks] for r, ts in ROUTE_TASKS.items()},
-            "embedding_tasks": [t for t in tasks if backend_embeds(backend, t)],
+            "embedding_tasks": [t for t in tasks if backend.embeds_sentences(t)],
             **backend_facts(backend),
             "limits": asdict(settings),
             "versions": {p: _version(p) for p in ("minbert", "torch", "onnxruntime", "fastapi")},
@@ -357,7 +357,7 @@ def answers(task: str, predictions, backend) -> list[dict]:
             for v, p in zip(values, probabilities.tolist(), strict=True)
         ]
     if spec.label_kind == "binary":
-        threshold = backend_threshold(backend, task)
+        threshold = backend.threshold(task)
         probability = 1 / (1 + np.exp(-(outputs + threshold)))  # outputs: logit less threshold
         return [
             {"probability": round(float(p), 6), "duplicate": bool(v)}
@@ -376,34 +376,13 @@ def _ranked(result: dict, names: list[str]) -> list[dict]:
     return [{"label": names[i], "score": scores[i]} for i in order]
 
 
-def backend_embeds(backend, task: str) -> bool:
-    model = getattr(backend, "model", None)
-    if model is not None and hasattr(model, "embeds_sentences"):
-        return model.embeds_sentences(task)
-    return bool(getattr(backend, "embeds_sentences", lambda t: True)(task))
-
-
-def backend_threshold(backend, task: str) -> float:
-    model = getattr(backend, "model", None)
-    if model is not None and hasattr(model, "threshold"):
-        threshold = model.threshold(task)
-        return 0.0 if threshold is None else float(threshold)
-    return float(getattr(backend, "threshold", lambda t: 0.0)(task))
-
-
 def backend_facts(backend) -> dict:
-    config = backend.config
-    model = getattr(backend, "model", None)
-    facts = {
-        "backend": getattr(backend, "backend", "torch"),
-        "base_model": config.model.name,
-        "max_length": config.data.max_length,
+    return {
+        "backend": backend.backend,
+        "base_model": backend.config.model.name,
+        "max_length": backend.config.data.max_length,
+        "parameters": backend.parameters,
     }
-    if hasattr(model, "parameters"):
-        facts["parameters"] = sum(p.numel() for p in model.parameters())
-    elif hasattr(backend, "parameters"):
-        facts["parameters"] = backend.parameters
-    return facts
 
 
 def _version(package: str) -> str | None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from minbert.run import lock
 from minbert.run.layout import RunDir
 from minbert.train.state import TrainingError, write_atomic
 
@@ -58,6 +59,22 @@ def check_no_run_here(run: RunDir) -> None:
             f"{run} already holds a run ({names}). Continue it with `minbert train --resume "
             f"{run}`, replace it with --overwrite, or give another --out"
         )
+
+
+def open_output_folder(run: RunDir, resume: bool, overwrite: bool) -> Path:
+    """Before anything is read: the folder checked and locked (the lock's path, for
+    ``lock.release``), and a run already there refused unless resumed or overwritten."""
+    if resume and overwrite:
+        raise TrainingError("--resume continues the run in its folder; it cannot --overwrite")
+    check_output_folder(run)
+    held = lock.acquire(run)
+    try:
+        if not (resume or overwrite):
+            check_no_run_here(run)
+    except BaseException:
+        lock.release(held)
+        raise
+    return held
 
 
 def claim_output_folder(run: RunDir, config_toml: str) -> None:

@@ -41,9 +41,8 @@ from minbert.train.session import (
     StopSignals,
     TrainingError,
     TrainingInterrupted,
-    check_no_run_here,
-    check_output_folder,
     claim_output_folder,
+    open_output_folder,
 )
 from minbert.train.state import (
     RunState,
@@ -78,15 +77,11 @@ class Trainer:
         once every input of the new run has been read). ``callbacks`` act after the
         built-in ones (e.g. a search's pruner). The folder is locked from here to the end
         of ``run()``: another process cannot write it meanwhile."""
-        if resume and overwrite:
-            raise TrainingError("--resume continues the run in its folder; it cannot --overwrite")
         self.config = config
         self.run_dir = RunDir(out_dir)
-        check_output_folder(self.run_dir)
-        self._unlock = weakref.finalize(self, lock.release, lock.acquire(self.run_dir))
+        held = open_output_folder(self.run_dir, resume, overwrite)
+        self._unlock = weakref.finalize(self, lock.release, held)
         try:
-            if not (resume or overwrite):
-                check_no_run_here(self.run_dir)
             self._build(config, list(callbacks))
             if resume:
                 self._resume()
