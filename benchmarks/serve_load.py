@@ -26,6 +26,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from minbert.serve.settings import ServeSettings
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,8 +56,8 @@ def start_server(source: str, backend: str, batching: bool, threads: int) -> tup
     port = free_port()
     command = [sys.executable, "-m", "minbert.cli", "serve", source, "--port", str(port)]
     command += ["--backend", backend, "--threads", str(threads)]
-    if not batching:
-        command.append("--no-batching")
+    # on: the torch default, given explicitly (the onnx default is off)
+    command += ["--max-batch", str(ServeSettings.max_batch)] if batching else ["--no-batching"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -265,3 +265,41 @@ def test_the_onnx_backend_serves_the_same_answers(finished_tiny_run, tmp_path, c
             vectors, client.post("/v1/embed", json={"texts": TEXTS}).json()["embeddings"], atol=1e-4
         )
         assert onnx.get("/info").json()["backend"] == "onnx"
+
+
+@pytest.mark.parametrize(
+    ("options", "backend", "max_batch"),
+    [
+        ([], "torch", ServeSettings.max_batch),
+        ([], "onnx", 1),  # merging slows ONNX Runtime down on a CPU (PERFORMANCE.md)
+        (["--max-batch", "8"], "onnx", 8),
+        (["--max-batch", "8", "--no-batching"], "torch", 1),
+    ],
+)
+def test_batching_defaults_to_the_backends_best(options, backend, max_batch):
+    from minbert.cli import build_parser, serve_settings
+
+    args = build_parser().parse_args(["serve", "RUN", "--backend", backend, *options])
+    assert serve_settings(args).max_batch == max_batch
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--max-batch", "0", "must be at least 1, got 0"),
+        ("--max-items", "-3", "must be at least 1, got -3"),
+        ("--pad-multiple", "0", "must be at least 1, got 0"),
+        ("--max-body-bytes", "1e6", "expected a whole number, got '1e6'"),
+        ("--max-wait-ms", "-1", "must be 0 or more, got -1"),
+        ("--max-wait-ms", "nan", "must be 0 or more, got nan"),
+        ("--threads", "-2", "must be 0 or more, got -2"),
+    ],
+)
+def test_bad_serve_options_are_refused_by_name(option, value, message, capsys):
+    from minbert.cli import main
+
+    with pytest.raises(SystemExit) as exit:  # argparse's way out
+        main(["serve", "RUN", option, value])
+    assert exit.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"error: argument {option}: {message}"

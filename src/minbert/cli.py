@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from minbert.config import ConfigError, config_from_dict, load_config
@@ -188,25 +189,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from minbert.serve.http import create_app
-    from minbert.serve.settings import ServeSettings
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    settings = ServeSettings(
-        max_batch=1 if args.no_batching else args.max_batch,
+    settings = serve_settings(args)
+    backend = load_backend(args.run, args.backend, args.threads, settings.pad_multiple)
+    app = create_app(backend, settings, name=str(args.run))
+    print(f"serving {', '.join(backend.tasks)} of {args.run} on http://{args.host}:{args.port}")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def serve_settings(args: argparse.Namespace):
+    """The service's limits from ``minbert serve``'s options; batching by the backend's
+    default unless ``--max-batch`` or ``--no-batching`` says otherwise."""
+    from minbert.serve.settings import DEFAULT_MAX_BATCH, ServeSettings
+
+    return ServeSettings(
+        max_batch=1 if args.no_batching else args.max_batch or DEFAULT_MAX_BATCH[args.backend],
         max_wait_ms=args.max_wait_ms,
         max_items=args.max_items,
         max_text_bytes=args.max_text_bytes,
         max_body_bytes=args.max_body_bytes,
         pad_multiple=args.pad_multiple,
     )
-    backend = load_backend(args.run, args.backend, args.threads, settings.pad_multiple)
-    app = create_app(backend, settings, name=str(args.run))
-    print(f"serving {', '.join(backend.tasks)} of {args.run} on http://{args.host}:{args.port}")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
 
 
 def load_backend(path: str, backend: str, threads: int = 0, pad_multiple: int = 1):
@@ -228,6 +236,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _, report = run(options_from_args(args))
     print(report, end="")
     return 0
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative(kind: type) -> Callable[[str], int | float]:
+    """An argparse type: a number of ``kind`` that is 0 or more."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value >= 0:  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+        return value
+
+    return parse
 
 
 class Parser(argparse.ArgumentParser):
@@ -330,15 +364,26 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--host", default="127.0.0.1")
     se.add_argument("--port", type=int, default=8000)
     se.add_argument("--backend", choices=["torch", "onnx"], default="torch")
-    se.add_argument("--threads", type=int, default=0, help="CPU threads (0: the default)")
+    se.add_argument(
+        "--threads", type=non_negative(int), default=0, help="CPU threads (0: the default)"
+    )
+    se.add_argument(
+        "--max-batch",
+        type=positive_int,
+        help=f"items per forward pass (default {limits.max_batch} for torch, 1 for onnx: "
+        "merging does not pay there, see docs/PERFORMANCE.md)",
+    )
     options = {
-        "--max-batch": (int, limits.max_batch, "items per forward pass"),
-        "--max-wait-ms": (float, limits.max_wait_ms, "how long a batch waits for more requests"),
-        "--max-items": (int, limits.max_items, "texts or pairs per request"),
-        "--max-text-bytes": (int, limits.max_text_bytes, "UTF-8 bytes per text"),
-        "--max-body-bytes": (int, limits.max_body_bytes, "request body limit"),
+        "--max-wait-ms": (
+            non_negative(float),
+            limits.max_wait_ms,
+            "how long a batch waits for more requests",
+        ),
+        "--max-items": (positive_int, limits.max_items, "texts or pairs per request"),
+        "--max-text-bytes": (positive_int, limits.max_text_bytes, "UTF-8 bytes per text"),
+        "--max-body-bytes": (positive_int, limits.max_body_bytes, "request body limit"),
         "--pad-multiple": (
-            int,
+            positive_int,
             limits.pad_multiple,
             "pad batches to a multiple of this many tokens (few shapes: memory stays flat)",
         ),

@@ -14,3 +14,9 @@ class ServeSettings:
     max_text_bytes: int = 4096  # UTF-8 bytes per text
     max_body_bytes: int = 1 << 20  # request body
     pad_multiple: int = 16  # batches padded to a multiple of this many tokens (torch backend)
+
+
+# Items per forward pass when --max-batch is not given. ONNX Runtime runs one sentence
+# nearly as fast per sentence as a batch on a CPU, and a merged batch of mixed lengths is
+# padded to its longest, so merging slows it down (docs/PERFORMANCE.md, "Serving").
+DEFAULT_MAX_BATCH = {"torch": ServeSettings.max_batch, "onnx": 1}
