@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.minbert-installed
 SHARED_DATA := ../shared/data/minbert
+SHARED_NLTK := ../shared/data/nltk_data
 
 .PHONY: setup data demo test lint format clean
 
@@ -23,6 +24,8 @@ data:
 	elif [ -d $(SHARED_DATA) ]; then ln -sfn $(abspath $(SHARED_DATA)) data && echo "data/ -> $(SHARED_DATA)"; \
 	else echo "No task data: put the CS224N minBERT files (ids-sst-*.csv, quora-*.csv, sts-*.csv, ids-cfimdb-*.csv)"; \
 	     echo "from github.com/gpoesia/minbert-default-final-project (folder data/) into ./data/"; exit 1; fi
+	@# WordNet for augmentation (augment.*.synonym / insert); nothing else needs it
+	@if [ ! -e nltk_data ] && [ -d $(SHARED_NLTK) ]; then ln -sfn $(abspath $(SHARED_NLTK)) nltk_data && echo "nltk_data/ -> $(SHARED_NLTK)"; fi
 
 # A second `make demo` never retrains over the first: a finished runs/demo shows its scores,
 # a stopped one resumes. `make demo DEMO=runs/other` trains another.

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from minbert.config import ConfigError, config_from_dict, load_config
+from minbert.data.tasks import TASKS
 from minbert.errors import UserError
 
 log = logging.getLogger("minbert")
@@ -158,6 +159,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         encoder, tokenizer = load_pretrained(args.source)
     out = export_pretrained(encoder, tokenizer, args.out)
     print(f"wrote a Hugging Face BERT directory to {out}")
+    return 0
+
+
+def cmd_augment(args: argparse.Namespace) -> int:
+    from minbert.data.augment import augment_file
+
+    config = load_config(args.config, [f"train.tasks=['{args.task}']", *args.set])
+    rows, copies = augment_file(
+        args.file, args.task, config, args.out, epoch=args.epoch, overwrite=args.overwrite
+    )
+    print(
+        f"wrote {args.out}: {rows} rows, then {copies} augmented copies "
+        f"({config.augmentation(args.task).summary()}, seed {config.train.seed}, epoch {args.epoch})"
+    )
     return 0
 
 
@@ -323,6 +338,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnx: RUN is a folder written by `minbert export --format onnx`",
     )
     pr.set_defaults(func=cmd_predict)
+
+    au = sub.add_parser(
+        "augment", help="write a task file with augmented copies of its rows ([augment.<task>])"
+    )
+    au.add_argument("file", help="labelled task file (tab-separated, the task's columns)")
+    au.add_argument("--task", required=True, choices=sorted(TASKS))
+    au.add_argument("--out", required=True, help="file to write: the rows, then their copies")
+    au.add_argument("--config", help="TOML config whose [augment.<task>] table to use")
+    au.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key"
+    )
+    au.add_argument(
+        "--epoch", type=positive_int, default=1, help="the copies of this epoch (default 1)"
+    )
+    au.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    au.set_defaults(func=cmd_augment)
 
     ex = sub.add_parser("export", help="write a Hugging Face BERT directory, or ONNX graphs")
     ex.add_argument("source", help="run folder, model directory, or pretrained model name")

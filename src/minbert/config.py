@@ -19,6 +19,7 @@ from typing import Literal
 import tomli_w
 
 from minbert.config_renames import move_renamed_keys
+from minbert.data.augment import AugmentConfig
 from minbert.data.tasks import TASKS
 from minbert.model.heads import HeadSpec
 from minbert.objectives.smart import SmartConfig
@@ -112,6 +113,18 @@ class DataConfig:
     max_length: int = _field(128, "tokens per sequence (pairs: both sentences)", min=8, max=512)
     train_limit: int = _field(0, "use only the first N training rows of each task (0: all)", min=0)
     dev_limit: int = _field(0, "use only the first N dev rows of each task (0: all)", min=0)
+    train_fraction: float = _field(
+        1.0,
+        "train on a random share of each task's training rows, drawn with train.seed (so "
+        "runs paired by seed share their rows; the low-data regime); 1: all",
+        min=0.0,
+        max=1.0,
+    )
+    wordnet_dir: str = _field(
+        "nltk_data",
+        "WordNet 3.0 for augment.*.synonym and insert: an NLTK data folder holding "
+        "corpora/wordnet (make setup links ../shared/data/nltk_data here)",
+    )
     on_bad_row: Literal["error", "skip"] = _field(
         "error", "a malformed row stops the run, or is skipped and counted"
     )
@@ -257,7 +270,7 @@ def _default_heads() -> dict[str, HeadConfig]:
     return {name: default_head(name) for name in TASKS}
 
 
-TASK_TABLES = ("heads", "objectives")  # tables with one sub-table per task
+TASK_TABLES = ("heads", "objectives", "augment")  # tables with one sub-table per task
 
 
 @dataclass(frozen=True)
@@ -268,6 +281,9 @@ class Config:
     heads: dict[str, HeadConfig] = field(default_factory=_default_heads)
     objectives: dict[str, TaskObjectiveConfig] = field(
         default_factory=lambda: {name: TaskObjectiveConfig() for name in TASKS}
+    )
+    augment: dict[str, AugmentConfig] = field(
+        default_factory=lambda: {name: AugmentConfig() for name in TASKS}
     )
 
     def __post_init__(self) -> None:
@@ -333,12 +349,18 @@ class Config:
             if any(h < 1 for h in head.hidden):
                 raise ConfigError(f"heads.{task}.hidden: sizes must be >= 1, got {head.hidden}")
             check_task_objective(self.objective(task), spec, head, self)
+            self.augmentation(task).check(spec)
+        if self.data.train_fraction == 0:
+            raise ConfigError("data.train_fraction: must be more than 0 (1: every row)")
 
     def head(self, task: str) -> HeadConfig:
         return self.heads.get(task) or default_head(task)
 
     def objective(self, task: str) -> TaskObjectiveConfig:
         return self.objectives.get(task) or TaskObjectiveConfig()
+
+    def augmentation(self, task: str) -> AugmentConfig:
+        return self.augment.get(task) or AugmentConfig()
 
     def head_specs(self, tasks: list[str] | None = None) -> dict[str, HeadSpec]:
         """What the model needs of each task's head (``train.tasks`` unless ``tasks``)."""
@@ -370,10 +392,14 @@ class Config:
         return data
 
     def unused_task_tables(self) -> list[str]:
-        """``heads.<task>`` / ``objectives.<task>`` tables that set something for a task the
+        """``heads.<task>`` / ``objectives.<task>`` / ``augment.<task>`` tables that set something for a task the
         run does not train (a typo of ``sst`` as ``sts``, or a task dropped from
         ``train.tasks``)."""
-        defaults = {"heads": default_head, "objectives": lambda task: TaskObjectiveConfig()}
+        defaults = {
+            "heads": default_head,
+            "objectives": lambda task: TaskObjectiveConfig(),
+            "augment": lambda task: AugmentConfig(),
+        }
         return [
             f"{table}.{task}"
             for table in TASK_TABLES

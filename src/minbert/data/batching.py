@@ -64,6 +64,7 @@ class EncodedTask:
     type_ids: list[list[np.ndarray]]  # same layout, segment ids
     labels: np.ndarray | None
     truncated: int  # rows with at least one sequence cut to max_length
+    texts: list[tuple[str, ...]] | None = None  # each row's texts, as read (augmentation)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -84,6 +85,7 @@ class EncodedTask:
             type_ids=[[part[r] for r in rows] for part in self.type_ids],
             labels=None if self.labels is None else self.labels[rows],
             truncated=self.truncated,
+            texts=None if self.texts is None else [self.texts[r] for r in rows],
         )
 
     def distinct_sentences(self) -> tuple[list[np.ndarray], np.ndarray]:
@@ -122,17 +124,19 @@ def hold_out(data: EncodedTask, fraction: float, seed: int) -> tuple[EncodedTask
     return data.subset(kept, data.split), data.subset(held, "heldout")
 
 
+def random_share(data: EncodedTask, fraction: float, seed: int) -> EncodedTask:
+    """A seeded random ``fraction`` of the rows (at least one), in file order."""
+    rng = np.random.default_rng([seed, *data.task.encode(), *b"share"])
+    count = max(1, round(fraction * len(data)))
+    return data.subset(np.sort(rng.permutation(len(data))[:count]), data.split)
+
+
 def encode_task(
     data: TaskData, tokenizer: Tokenizer, max_length: int, bi_encode: bool
 ) -> EncodedTask:
     """Tokenise every row of ``data`` once. Pairs are one sequence unless ``bi_encode``."""
-    columns = list(zip(*data.texts, strict=True))
-    if len(columns) == 1 or not bi_encode:
-        pair = list(columns[1]) if len(columns) == 2 else None
-        parts = [tokenizer.encode_batch(list(columns[0]), pair, max_length)]
-    else:
-        parts = [tokenizer.encode_batch(list(col), None, max_length) for col in columns]
-    truncated = int(np.sum(np.any([[e.truncated for e in part] for part in parts], axis=0)))
+    sequences, type_ids, cut = encode_texts(data.texts, tokenizer, max_length, bi_encode)
+    truncated = int(cut.sum())
     if truncated:
         log.info(
             "%s %s: %d of %d rows truncated to %d tokens",
@@ -146,11 +150,29 @@ def encode_task(
         task=data.task,
         split=data.split,
         ids=data.ids,
-        sequences=[[np.asarray(e.input_ids, dtype=np.int64) for e in part] for part in parts],
-        type_ids=[[np.asarray(e.token_type_ids, dtype=np.int64) for e in part] for part in parts],
+        sequences=sequences,
+        type_ids=type_ids,
         labels=data.labels,
         truncated=truncated,
+        texts=data.texts,
     )
+
+
+def encode_texts(
+    texts: list[tuple[str, ...]], tokenizer: Tokenizer, max_length: int, bi_encode: bool
+) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]], np.ndarray]:
+    """Rows of texts as ``EncodedTask`` holds them: (sequences, type_ids, truncated), the
+    last a bool per row (a sequence of it was cut to ``max_length``)."""
+    columns = list(zip(*texts, strict=True))
+    if len(columns) == 1 or not bi_encode:
+        pair = list(columns[1]) if len(columns) == 2 else None
+        parts = [tokenizer.encode_batch(list(columns[0]), pair, max_length)]
+    else:
+        parts = [tokenizer.encode_batch(list(col), None, max_length) for col in columns]
+    truncated = np.any([[e.truncated for e in part] for part in parts], axis=0)
+    sequences = [[np.asarray(e.input_ids, dtype=np.int64) for e in part] for part in parts]
+    type_ids = [[np.asarray(e.token_type_ids, dtype=np.int64) for e in part] for part in parts]
+    return sequences, type_ids, truncated
 
 
 def pad_sequences(
@@ -222,6 +244,10 @@ class TaskStream:
         self.order = np.empty(0, dtype=np.int64)
         self.position = 0
         self.passes = 0
+
+    def __len__(self) -> int:
+        """Rows in one pass (an epoch's worth)."""
+        return len(self.lengths)
 
     def take(self, batch_size: int) -> Batch:
         return self.batch(self.take_rows(batch_size))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from minbert.data.batching import EncodedTask, encode_task, hold_out
+from minbert.data.batching import EncodedTask, encode_task, hold_out, random_share
 from minbert.data.io import read_task_file
 from minbert.data.tasks import TASKS
 from minbert.model.tokenizer import Tokenizer
@@ -35,6 +35,14 @@ def load_training_data(
     train, heldout = {}, {}
     for t in config.train.tasks:
         train[t] = load_split(config, t, "train", tokenizer)
+        if config.data.train_fraction < 1:
+            train[t] = random_share(train[t], config.data.train_fraction, config.train.seed)
+            log.info(
+                "%s: training on %d rows, a random %g of the file (data.train_fraction)",
+                t,
+                len(train[t]),
+                config.data.train_fraction,
+            )
         if config.head(t).calibrate:
             train[t], heldout[t] = hold_out(train[t], config.head(t).calibrate, config.train.seed)
             log.info(

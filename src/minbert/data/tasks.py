@@ -23,6 +23,7 @@ class TaskSpec:
     num_classes: int = 0  # for label_kind == "class"
     score_range: tuple[float, float] = (0.0, 1.0)  # for label_kind == "score"
     default_head: dict = field(default_factory=dict)  # HeadConfig fields
+    symmetric: bool = False  # a pair task whose label stays when its sentences swap places
 
     @property
     def is_pair(self) -> bool:
@@ -94,6 +95,7 @@ TASKS: dict[str, TaskSpec] = {
         label_column="is_duplicate",
         label_kind="binary",
         default_head={"pooling": "cls", "kind": "linear", "encoding": "cross"},
+        symmetric=True,
     ),
     "sts": TaskSpec(
         name="sts",
@@ -104,5 +106,6 @@ TASKS: dict[str, TaskSpec] = {
         label_kind="score",
         score_range=(0.0, 5.0),
         default_head={"pooling": "cls", "kind": "linear", "encoding": "cross"},
+        symmetric=True,
     ),
 }

@@ -7,6 +7,7 @@ asks a ``RunDir`` for a path instead of spelling a file name:
     RUN/train.log            the log of every session of the run (appended on resume)
     RUN/metrics.jsonl        one record per finished epoch
     RUN/final.json           the summary written when the run ends
+    RUN/augment.json         with augmentation on: its settings, counts and examples
     RUN/best/                the selected epoch's model directory (model_dir.py)
     RUN/last/                the resumable training state (state.py)
     RUN/predictions/<task>-<split>.csv, <task>-dev-outputs.npy
@@ -60,6 +61,10 @@ class RunDir:
         return self.root / "final.json"
 
     @property
+    def augment(self) -> Path:
+        return self.root / "augment.json"
+
+    @property
     def best(self) -> Path:
         return self.root / "best"
 
@@ -96,7 +101,8 @@ class RunDir:
     def run_files(self) -> list[Path]:
         """What of a run is here (a fresh run refuses such a folder unless told to replace
         it), with the temporary and set-aside copies of the atomic writes."""
-        names = [self.config, self.log, self.metrics, self.final, self.best, self.last]
+        names = [self.config, self.log, self.metrics, self.final, self.augment]
+        names += [self.best, self.last]
         names += [self.predictions_dir, self.report_dir]
         found = [p for p in names if p.exists()]
         hidden = [p for p in self.root.glob(".*") if p.name not in (".lock", ".write-test")]

@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from minbert.config import Config, ConfigError
-from minbert.data.batching import TaskStream
+from minbert.data.augment import build_augmenters, build_stream
 from minbert.data.schedules import plan_epochs
 from minbert.data.splits import load_split, load_training_data
 from minbert.device import autocast, peak_memory, resolve_device, use_bf16
@@ -114,14 +114,15 @@ class Trainer:
         freeze_all_but(self.model, config.trainable_patterns())
         if config.train.log_conflicts_every and not self.model.shared_parameters():
             raise ConfigError("train.log_conflicts_every: no shared parameter trains")
+        augmenters = build_augmenters(config)
         self.streams = {
-            t: TaskStream(d, config.train.seed, config.train.length_grouping, self.tokenizer.pad_id)
+            t: build_stream(config, d, self.tokenizer, augmenters)
             for t, d in self.train_data.items()
         }
         precision = functools.partial(autocast, self.device, self.bf16)
         self.objectives = build_objectives(config, self.model, precision)
         t = config.train
-        self.plans = plan_epochs(t, {task: len(d) for task, d in self.train_data.items()})
+        self.plans = plan_epochs(t, {task: len(s) for task, s in self.streams.items()})
         self.total_steps = sum(len(p) for p in self.plans)  # max_steps cuts the plans short
         self.optimizer = AdamW(
             parameter_groups(self.model, t.weight_decay, peak_lr_rule(self.model, t)),

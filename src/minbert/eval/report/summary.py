@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -280,6 +281,33 @@ def _task_report(
     return figure, errors, notes
 
 
+def _augment_section(run: RunDir) -> list[str]:
+    """What augmentation did, from ``RUN/augment.json`` (none: no section)."""
+    if not run.augment.is_file():
+        return []
+    try:
+        tasks = json.loads(run.augment.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return ["## Augmentation", "", f"{run.augment.name} is unreadable ({exc}).", ""]
+    lines = ["## Augmentation", ""]
+    for task, info in tasks.items():
+        lines += [
+            f"**{task}** ({info['settings']}): {info['rows_per_epoch']:,} rows an epoch "
+            f"({info['original_rows']:,} original); {info['augmented_rows_seen']:,} augmented "
+            "rows seen in training.",
+            "",
+            _md_table(
+                ["original", "augmented (epoch 1)"],
+                [
+                    [_cell(" | ".join(e["original"])), _cell(" | ".join(e["augmented"]))]
+                    for e in info["examples"]
+                ],
+            ),
+            "",
+        ]
+    return lines
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report/`` (summary.md, curves.png and one figure per task); return it.
 
@@ -356,6 +384,7 @@ def write_report(run_dir: str | Path) -> Path:
         error_lines += task_errors
         notes += task_notes
 
+    lines += _augment_section(run)
     lines += ["## Figures", ""]
     lines += [f"- [{name}]({name}): {alt}" for alt, name in figures]
     lines += [""] + [line for alt, name in figures for line in (f"![{alt}]({name})", "")]

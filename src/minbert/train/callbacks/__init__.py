@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from minbert.data.augment import AugmentedStream
+from minbert.train.callbacks.augmentation import Augmentation
 from minbert.train.callbacks.base import Callback, CallbackList
 from minbert.train.callbacks.calibrate import Calibrate
 from minbert.train.callbacks.checkpoint import Checkpoint
@@ -14,11 +16,14 @@ from minbert.train.callbacks.task_weights import TaskWeights
 
 
 def build_callbacks(trainer, extra: list[Callback] = ()) -> CallbackList:
-    """In the order they act: calibration and logging, weight averaging, best-model choice,
+    """In the order they act: augmentation's log, calibration and logging, weight averaging, best-model choice,
     the checkpoint (at step ends), the end of the run; then ``extra`` (e.g. a search's
     pruner)."""
     cfg = trainer.config.train
     callbacks: list[Callback] = []
+    augmented = {t: s for t, s in trainer.streams.items() if isinstance(s, AugmentedStream)}
+    if augmented:
+        callbacks.append(Augmentation(augmented))
     if trainer.heldout:
         callbacks.append(Calibrate(trainer.heldout))
     if trainer.strategy.weights_change:
