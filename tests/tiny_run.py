@@ -54,23 +54,24 @@ def make_tiny_run(root: Path, tiny_config: BertConfig, tiny_tokenizer: Tokenizer
     return root
 
 
+def tiny_overrides(root: Path) -> list[str]:
+    """The tiny run's settings as ``--set`` overrides: three tasks, 2 epochs of batch 8, fp32."""
+    return [
+        f"model.name={root / 'model'}",
+        f"data.dir={root / 'data'}",
+        "data.max_length=32",
+        "train.tasks=['sst','quora','sts']",
+        "train.batch_size=8",
+        "train.progress=false",
+        "train.precision=fp32",
+        "train.epochs=2",
+        "train.compile_optimizer=false",  # tests/test_optim.py covers the compiled update
+        "heads.sts.encoding=bi",
+        "heads.sts.kind=cosine",
+        "heads.sts.pooling=mean",
+    ]
+
+
 def run_config(root: Path, *overrides: str) -> Config:
-    """The tiny run's config: three tasks, 2 epochs of batch 8, fp32; ``overrides`` on top."""
-    return load_config(
-        None,
-        [
-            f"model.name={root / 'model'}",
-            f"data.dir={root / 'data'}",
-            "data.max_length=32",
-            "train.tasks=['sst','quora','sts']",
-            "train.batch_size=8",
-            "train.progress=false",
-            "train.precision=fp32",
-            "train.epochs=2",
-            "train.compile_optimizer=false",  # tests/test_optim.py covers the compiled update
-            "heads.sts.encoding=bi",
-            "heads.sts.kind=cosine",
-            "heads.sts.pooling=mean",
-            *overrides,
-        ],
-    )
+    """The tiny run's config (``tiny_overrides``), ``overrides`` on top."""
+    return load_config(None, [*tiny_overrides(root), *overrides])

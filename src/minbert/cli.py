@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -173,6 +174,25 @@ def cmd_augment(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {rows} rows, then {copies} augmented copies "
         f"({config.augmentation(args.task).summary()}, seed {config.train.seed}, epoch {args.epoch})"
     )
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from minbert.experiments.sweep import read_spec, run_sweep, write_tables
+
+    spec = read_spec(args.spec)
+    if args.table_only:
+        summary = write_tables(spec, Path(args.out))
+        summary["failed"] = []
+    else:
+        summary = run_sweep(spec, args.out, jobs=args.jobs)
+    print((Path(args.out) / "sweep.md").read_text(encoding="utf-8"), end="")
+    if "stopped" in summary:
+        print(f"stopped by {summary['stopped']}: run the same command again to go on")
+        return 128 + int(getattr(signal, summary["stopped"]))
+    if summary["failed"]:
+        print(f"failed: {', '.join(summary['failed'])} (their .out files in {args.out} say why)")
+        return 1
     return 0
 
 
@@ -354,6 +374,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     au.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     au.set_defaults(func=cmd_augment)
+
+    sw = sub.add_parser(
+        "sweep", help="every arm of a spec on every seed, then means, intervals, paired changes"
+    )
+    sw.add_argument("spec", help="sweep spec (TOML: [sweep] seeds, baseline; [arms.<name>])")
+    sw.add_argument("--out", required=True, help="folder of the sweep's runs and tables")
+    sw.add_argument("--jobs", type=positive_int, default=1, help="runs at a time (cores split)")
+    sw.add_argument(
+        "--table-only", action="store_true", help="only remake the tables from DIR/results"
+    )
+    sw.set_defaults(func=cmd_sweep)
 
     ex = sub.add_parser("export", help="write a Hugging Face BERT directory, or ONNX graphs")
     ex.add_argument("source", help="run folder, model directory, or pretrained model name")

@@ -1,0 +1,1 @@
+"""Experiments over runs: seed sweeps with paired intervals (sweep.py, stats.py)."""

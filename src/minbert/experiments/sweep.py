@@ -1,0 +1,396 @@
+"""``minbert sweep SPEC.toml --out DIR``: every arm of a spec on every seed, resumable, then
+the table of means, intervals and paired differences against the baseline arm.
+
+A spec::
+
+    [sweep]
+    config = "configs/default.toml"    # the arms' config (an arm may name its own)
+    seeds = [11711, 1, 2]
+    baseline = "base"                  # the arm the others are paired with
+    set = ["train.max_steps=200"]      # overrides for every arm (the budget)
+
+    [arms.base]
+    [arms.eda]
+    set = ["augment.sst.synonym=0.1"]
+
+Run ``<arm>-s<seed>`` goes to ``DIR/<arm>-s<seed>/``. A finished run is kept (its config must
+be the arm's, or the sweep stops), a stopped one is resumed, a failed one is reported and
+the others go on. Each finished run's dev scores are copied to ``DIR/results/`` so that
+``DIR/sweep.md``, ``sweep.json`` and ``forest.png`` can be made again without the run folders
+(``--table-only``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from minbert.config import Config, load_config
+from minbert.errors import UserError
+from minbert.experiments.stats import Paired, Summary, paired, summarise
+from minbert.run.atomic import write_atomic
+from minbert.run.layout import RunDir
+
+log = logging.getLogger(__name__)
+# Keys that say how a run is computed, not what it computes: a finished run still counts
+# when only these differ from its arm (another --jobs split the cores differently).
+HOW_KEYS = {"threads", "progress"}
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class SweepError(UserError, ValueError):
+    """A sweep spec or output folder that cannot be used as it is."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    config_path: str | None
+    overrides: list[str]
+
+    def config(self, extra: list[str] = ()) -> Config:
+        return load_config(self.config_path, [*self.overrides, *extra])
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    seeds: list[int]
+    baseline: str
+    arms: dict[str, Arm]
+    metrics: list[str] = field(default_factory=list)  # empty: every dev metric
+
+    def runs(self) -> list[tuple[Arm, int]]:
+        """Every (arm, seed), seed-major: the baseline and the arms of a seed run together,
+        so a sweep stopped half-way has complete pairs."""
+        return [(arm, seed) for seed in self.seeds for arm in self.arms.values()]
+
+
+def run_name(arm: str, seed: int) -> str:
+    return f"{arm}-s{seed}"
+
+
+def _list_of(value, kind, key: str, path: Path) -> list:
+    if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
+        raise SweepError(f"{path}: {key}: expected a list of {kind.__name__}, got {value!r}")
+    return value
+
+
+def read_spec(path: str | Path) -> Spec:
+    """The spec, checked: every arm's config loads (missing files and unknown keys are
+    errors naming the arm) before anything runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"{path}: sweep spec not found")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SweepError(f"{path}: not a TOML file ({exc})") from None
+    unknown = set(data) - {"sweep", "arms"}
+    if unknown:
+        raise SweepError(
+            f"{path}: unknown table(s) {sorted(unknown)}; a spec has [sweep], [arms.*]"
+        )
+    sweep = data.get("sweep", {})
+    allowed = {"config", "seeds", "baseline", "set", "metrics"}
+    if bad := set(sweep) - allowed:
+        raise SweepError(f"{path}: sweep: unknown key(s) {sorted(bad)}; allowed {sorted(allowed)}")
+    seeds = _list_of(sweep.get("seeds", []), int, "sweep.seeds", path)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SweepError(f"{path}: sweep.seeds: give one or more distinct seeds, got {seeds}")
+    common = _list_of(sweep.get("set", []), str, "sweep.set", path)
+    default_config = sweep.get("config")
+    arms_table = data.get("arms", {})
+    if not isinstance(arms_table, dict) or not arms_table:
+        raise SweepError(f"{path}: no arms; add [arms.<name>] tables")
+    arms = {}
+    for name, table in arms_table.items():
+        if not NAME.fullmatch(name):
+            raise SweepError(f"{path}: arms.{name}: a name of letters, digits, '_', '-', '.'")
+        if bad := set(table) - {"config", "set"}:
+            raise SweepError(
+                f"{path}: arms.{name}: unknown key(s) {sorted(bad)}; allowed config, set"
+            )
+        config_path = table.get("config", default_config)  # relative: to the current folder
+        overrides = [*common, *_list_of(table.get("set", []), str, f"arms.{name}.set", path)]
+        arm = Arm(name, config_path, overrides)
+        try:
+            arm.config(["train.seed=0"])
+        except UserError as exc:
+            raise SweepError(f"{path}: arms.{name}: {exc}") from None
+        arms[name] = arm
+    baseline = sweep.get("baseline", next(iter(arms)))
+    if baseline not in arms:
+        raise SweepError(f"{path}: sweep.baseline: {baseline!r} is not an arm; arms: {list(arms)}")
+    metrics = _list_of(sweep.get("metrics", []), str, "sweep.metrics", path)
+    return Spec(path, seeds, baseline, arms, metrics)
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+def _comparable(config: Config) -> dict:
+    data = config.to_dict()
+    data["train"] = {k: v for k, v in data["train"].items() if k not in HOW_KEYS}
+    return data
+
+
+def _state(out: Path, arm: Arm, seed: int) -> str:
+    """``done``, ``stopped`` (resumable) or ``new``; a folder holding another run is an error."""
+    run = RunDir(out / run_name(arm.name, seed))
+    if not run.is_run():
+        return "new"
+    saved = load_config(run.config)
+    if _comparable(saved) != _comparable(arm.config([f"train.seed={seed}"])):
+        raise SweepError(
+            f"{run.root}: holds a run whose config is not arm {arm.name!r} on seed {seed} "
+            "(the spec changed?); move it away or give another --out"
+        )
+    return "done" if run.final.is_file() else "stopped"
+
+
+def _command(arm: Arm, seed: int, out: Path, state: str, threads: int) -> list[str]:
+    folder = str(out / run_name(arm.name, seed))
+    base = [sys.executable, "-m", "minbert.cli", "train"]
+    if state == "stopped":
+        return [*base, "--resume", folder]
+    command = [*base, "--out", folder]
+    if arm.config_path:
+        command += ["--config", arm.config_path]
+    sets = [
+        *arm.overrides,
+        f"train.seed={seed}",
+        f"train.threads={threads}",
+        "train.progress=false",
+    ]
+    for text in sets:
+        command += ["--set", text]
+    return command
+
+
+def run_sweep(spec: Spec, out: str | Path, jobs: int = 1) -> dict:
+    """Run what is not finished (``jobs`` at a time, the cores split between them), collect
+    the results and write the table. Returns the summary (``failed``: the runs that failed)."""
+    out = Path(out)
+    cores = os.cpu_count() or 1
+    if not 1 <= jobs <= cores:
+        raise SweepError(f"--jobs {jobs}: between 1 and this machine's {cores} cores")
+    pending = []
+    for arm, seed in spec.runs():
+        state = _state(out, arm, seed)  # every folder checked before anything runs
+        if state != "done":
+            pending.append((arm, seed, state))
+    out.mkdir(parents=True, exist_ok=True)
+    threads = max(1, cores // jobs)
+    failed: list[str] = []
+    running: dict[str, subprocess.Popen] = {}
+    stop = {"signal": None}
+
+    def forward(signum, frame):  # children checkpoint and stop; resumed next time
+        stop["signal"] = signum
+        for process in running.values():
+            process.send_signal(signal.SIGTERM)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    total, started = len(spec.runs()), time.monotonic()
+    log.info("sweep %s: %d runs, %d to do, %d at a time", spec.path, total, len(pending), jobs)
+    try:
+        while (pending or running) and stop["signal"] is None:
+            while pending and len(running) < jobs and stop["signal"] is None:
+                arm, seed, state = pending.pop(0)
+                name = run_name(arm.name, seed)
+                with (out / f"{name}.out").open("ab") as sink:
+                    running[name] = subprocess.Popen(  # own session: one SIGTERM from us only
+                        _command(arm, seed, out, state, threads),
+                        stdout=sink,
+                        stderr=sink,
+                        start_new_session=True,
+                    )
+                log.info("started %s (%s)", name, "resumed" if state == "stopped" else "new")
+            time.sleep(0.2)
+            for name, process in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[name]
+                if process.returncode == 0:
+                    log.info(
+                        "finished %s (%.0f s into the sweep)", name, time.monotonic() - started
+                    )
+                elif stop["signal"] is None:
+                    failed.append(name)
+                    log.error(
+                        "%s failed (exit %d): see %s", name, process.returncode, out / f"{name}.out"
+                    )
+        for process in running.values():
+            process.wait()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    collect(spec, out)
+    summary = write_tables(spec, out)
+    summary["failed"] = failed
+    if stop["signal"] is not None:
+        summary["stopped"] = signal.Signals(stop["signal"]).name
+    return summary
+
+
+def collect(spec: Spec, out: Path) -> None:
+    """Copy every finished run's dev scores and timing to ``DIR/results/<run>.json``."""
+    results = out / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    for arm, seed in spec.runs():
+        run = RunDir(out / run_name(arm.name, seed))
+        if not run.final.is_file():
+            continue
+        final = json.loads(run.final.read_text(encoding="utf-8"))
+        kept = {
+            "arm": arm.name,
+            "seed": seed,
+            "dev": final["dev"],
+            "best_epoch": final.get("best_epoch"),
+            "train_wall_seconds": final.get("train_wall_seconds"),
+        }
+        write_atomic(
+            results / f"{run_name(arm.name, seed)}.json", json.dumps(kept, indent=1) + "\n"
+        )
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+
+def read_results(spec: Spec, out: Path) -> dict[str, dict[int, dict]]:
+    """arm -> seed -> kept result, for the spec's arms and seeds found in ``DIR/results``."""
+    found: dict[str, dict[int, dict]] = {name: {} for name in spec.arms}
+    for arm, seed in spec.runs():
+        path = out / "results" / f"{run_name(arm.name, seed)}.json"
+        if path.is_file():
+            found[arm.name][seed] = json.loads(path.read_text(encoding="utf-8"))
+    return found
+
+
+def _fmt(x: float, digits: int = 4, sign: bool = False) -> str:
+    if math.isnan(x):
+        return "–"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _cell(s: Summary) -> str:
+    if s.n < 2:
+        return f"{_fmt(s.mean)} (n=1)"
+    return f"{_fmt(s.mean)} ± {_fmt(s.std)} [{_fmt(s.low)}, {_fmt(s.high)}]"
+
+
+def _change(c: Paired | None) -> str:
+    if c is None:
+        return "no shared seed"
+    if c.n < 2:
+        return f"{_fmt(c.mean, sign=True)} (1 seed)"
+    return f"{_fmt(c.mean, sign=True)} [{_fmt(c.low, sign=True)}, {_fmt(c.high, sign=True)}], p={c.p_value:.3f}"
+
+
+def write_tables(spec: Spec, out: Path) -> dict:
+    """``sweep.json``, ``sweep.md`` and ``forest.png`` from the kept results."""
+    results = read_results(spec, out)
+    metrics = spec.metrics or sorted(
+        {m for runs in results.values() for r in runs.values() for m in r["dev"]}
+    )
+    scores = {
+        arm: {m: {s: r["dev"][m] for s, r in runs.items() if m in r["dev"]} for m in metrics}
+        for arm, runs in results.items()
+    }
+    base = scores[spec.baseline]
+    summary: dict = {
+        "spec": str(spec.path),
+        "baseline": spec.baseline,
+        "seeds": spec.seeds,
+        "arms": {},
+    }
+    rows, changes = [], []
+    for arm, by_metric in scores.items():
+        entry: dict = {"runs": sorted(results[arm]), "metrics": {}}
+        cells, deltas = [], []
+        for m in metrics:
+            values = by_metric[m]
+            s = summarise(list(values.values())) if values else None
+            c = paired(values, base[m]) if arm != spec.baseline and values else None
+            entry["metrics"][m] = {
+                "values": {str(k): v for k, v in values.items()},
+                "summary": None if s is None else s.__dict__,
+                "paired": None if c is None else c.__dict__,
+            }
+            cells.append("–" if s is None else _cell(s))
+            deltas.append(_change(c))
+        walls = [
+            r["train_wall_seconds"] for r in results[arm].values() if r.get("train_wall_seconds")
+        ]
+        entry["train_wall_seconds"] = walls
+        summary["arms"][arm] = entry
+        done = f"{len(results[arm])}/{len(spec.seeds)}"
+        wall = f"{min(walls):.0f}–{max(walls):.0f}" if walls else "–"
+        rows.append(f"| {arm} | {done} | " + " | ".join(cells) + f" | {wall} |")
+        if arm != spec.baseline:
+            changes.append(f"| {arm} | " + " | ".join(deltas) + " |")
+    head = " | ".join(metrics)
+    lines = [
+        f"# Sweep {spec.path.name}",
+        "",
+        f"Seeds {', '.join(map(str, spec.seeds))}; baseline `{spec.baseline}`. Each cell: mean ± "
+        "std over seeds [95% t-interval of the mean].",
+        "",
+        f"| arm | runs | {head} | train s per run |",
+        "|---|---|" + "---|" * (len(metrics) + 1),
+        *rows,
+        "",
+        f"Paired change against `{spec.baseline}` (same seeds): mean [95% t-interval], "
+        "two-sided paired t-test.",
+        "",
+        f"| arm | {head} |",
+        "|---|" + "---|" * len(metrics),
+        *changes,
+        "",
+    ]
+    write_atomic(out / "sweep.md", "\n".join(lines))
+    write_atomic(out / "sweep.json", json.dumps(summary, indent=1) + "\n")
+    _forest(summary, metrics, out / "forest.png")
+    return summary
+
+
+def _forest(summary: dict, metrics: list[str], path: Path) -> None:
+    """Each arm's paired change against the baseline with its interval, one panel a metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [a for a in summary["arms"] if a != summary["baseline"]]
+    if not arms:
+        return
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(3.2 * len(metrics), 0.5 * len(arms) + 1.4), squeeze=False
+    )
+    for ax, m in zip(axes[0], metrics, strict=True):
+        for y, arm in enumerate(arms):
+            c = summary["arms"][arm]["metrics"][m]["paired"]
+            if c is None:
+                continue
+            ax.plot([c["mean"]], [y], "o", color="C0")
+            if not math.isnan(c["low"]):
+                ax.plot([c["low"], c["high"]], [y, y], "-", color="C0")
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_yticks(range(len(arms)), arms if ax is axes[0][0] else [""] * len(arms))
+        ax.set_title(m, fontsize=9)
+        ax.invert_yaxis()
+    fig.suptitle(f"paired change vs {summary['baseline']} (95% interval)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

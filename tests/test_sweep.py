@@ -1,0 +1,164 @@
+"""`minbert sweep`: the statistics against scipy, a sweep of the tiny run (2 arms x 2 seeds)
+stopped and resumed to the same table, failures reported, and bad specs refused before
+anything runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from minbert.experiments.stats import paired, summarise, verdict
+from minbert.experiments.sweep import SweepError, read_spec, run_sweep
+
+
+def test_the_interval_and_the_paired_test_are_scipys():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5):
+        x = rng.normal(0.5, 0.02, n)
+        s = summarise(list(x))
+        low, high = stats.t.interval(0.95, n - 1, loc=x.mean(), scale=stats.sem(x))
+        assert (s.low, s.high) == pytest.approx((low, high), abs=1e-12)
+        assert s.std == pytest.approx(np.std(x, ddof=1))
+        base = rng.normal(0.5, 0.02, n)
+        c = paired(dict(enumerate(x)), dict(enumerate(base)))
+        assert c.p_value == pytest.approx(stats.ttest_rel(x, base).pvalue, abs=1e-12)
+        d = x - base
+        low, high = stats.t.interval(0.95, n - 1, loc=d.mean(), scale=stats.sem(d))
+        assert (c.mean, c.low, c.high) == pytest.approx((d.mean(), low, high), abs=1e-12)
+
+
+def test_pairs_are_the_shared_seeds_and_one_value_has_no_interval():
+    c = paired({1: 0.5, 2: 0.6, 3: 0.7}, {2: 0.5, 3: 0.5, 4: 0.1})
+    assert c.n == 2 and c.mean == pytest.approx(0.15)
+    assert paired({1: 0.5}, {2: 0.5}) is None
+    one = summarise([0.5])
+    assert one.n == 1 and math.isnan(one.low) and math.isnan(one.std)
+    assert verdict(paired({1: 0.5, 2: 0.6}, {1: 0.4, 2: 0.5})) == "better"  # same shift twice
+    assert verdict(paired({1: 0.5, 2: 0.4}, {1: 0.4, 2: 0.5})) == "cannot tell"
+    assert verdict(paired({1: 0.1}, {1: 0.0})).startswith("cannot tell")
+
+
+def _write_spec(path: Path, root: Path, arms: dict[str, list[str]], seeds=(1, 2)) -> Path:
+    from tiny_run import tiny_overrides
+
+    budget = [*tiny_overrides(root), "train.tasks=['sst']", "train.epochs=1"]
+    lines = [
+        "[sweep]",
+        f"seeds = {list(seeds)}",
+        'baseline = "base"',
+        f"set = {json.dumps(budget)}",
+    ]
+    for name, sets in arms.items():
+        lines += [f"[arms.{name}]", f"set = {json.dumps(sets)}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+ARMS = {"base": [], "smooth": ["objectives.sst.label_smoothing=0.1"]}
+
+
+def _metrics(out: Path) -> dict:
+    summary = json.loads((out / "sweep.json").read_text())
+    return {arm: entry["metrics"] for arm, entry in summary["arms"].items()}
+
+
+def _sweep_command(spec: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "minbert.cli", "sweep", str(spec), "--out", str(out)]
+
+
+def test_a_stopped_sweep_resumes_to_the_table_of_an_uninterrupted_one(tiny_setup, tmp_path):
+    spec = _write_spec(tmp_path / "spec.toml", tiny_setup, ARMS)
+    whole = run_sweep(read_spec(spec), tmp_path / "whole")
+    assert whole["failed"] == [] and "stopped" not in whole
+    assert sorted(p.name for p in (tmp_path / "whole" / "results").iterdir()) == [
+        "base-s1.json",
+        "base-s2.json",
+        "smooth-s1.json",
+        "smooth-s2.json",
+    ]
+    table = (tmp_path / "whole" / "sweep.md").read_text()
+    assert "| smooth | 2/2 |" in table and "p=" in table
+    assert (tmp_path / "whole" / "forest.png").stat().st_size > 0
+
+    out = tmp_path / "stopped"
+    sweep = subprocess.Popen(_sweep_command(spec, out), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "base-s1" / "final.json").exists():  # the first run finished
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    while not (out / "smooth-s1" / "config.toml").exists():  # the second one started
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(sweep.pid, signal.SIGTERM)
+    assert sweep.wait(60) == 128 + signal.SIGTERM, sweep.stderr.read()
+    assert not (out / "base-s2").exists()
+    again = subprocess.run(_sweep_command(spec, out), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert _metrics(out) == _metrics(tmp_path / "whole")
+    # and a third time: nothing left to run, the same table
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*/final.json")}
+    run_sweep(read_spec(spec), out)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*/final.json")} == before
+
+
+def test_a_failed_run_is_reported_and_the_others_go_on(tiny_setup, tmp_path, capsys):
+    from minbert.cli import main
+
+    arms = {"base": [], "broken": [f"data.dir={tmp_path / 'no-data'}"]}
+    spec = _write_spec(tmp_path / "spec.toml", tiny_setup, arms, seeds=[3])
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    assert "failed: broken-s3" in out and "| base | 1/1 |" in out and "| broken | 0/1 |" in out
+    assert "file not found" in (tmp_path / "out" / "broken-s3.out").read_text()
+
+
+@pytest.mark.parametrize(
+    ("spec_text", "message"),
+    [
+        ("[sweep]\nseeds = [1]\n", "no arms"),
+        ("[sweep]\nseeds = []\n[arms.a]\n", "sweep.seeds: give one or more distinct seeds"),
+        ("[sweep]\nseeds = [1, 1]\n[arms.a]\n", "distinct seeds"),
+        ("[sweep]\nseeds = [1]\nbaseline = 'b'\n[arms.a]\n", "sweep.baseline: 'b' is not an arm"),
+        (
+            "[sweep]\nseeds = [1]\nconfig = 'no/such.toml'\n[arms.a]\n",
+            "arms.a: config file not found",
+        ),
+        (
+            "[sweep]\nseeds = [1]\n[arms.a]\nset = ['train.lrr=1']\n",
+            "arms.a: unknown key 'train.lrr'",
+        ),
+        ("[sweep]\nseeds = [1]\n[arms.a]\nsets = []\n", "arms.a: unknown key(s) ['sets']"),
+        ("[sweep]\nseed = [1]\n[arms.a]\n", "sweep: unknown key(s) ['seed']"),
+        ("[sweep]\nseeds = [1]\n[arms.'a b']\n", "arms.a b: a name of letters"),
+        ("[sweep\n", "not a TOML file"),
+    ],
+)
+def test_a_bad_spec_is_refused_naming_the_key(tmp_path, spec_text, message):
+    path = tmp_path / "spec.toml"
+    path.write_text(spec_text)
+    with pytest.raises(SweepError, match=f"{re.escape(str(path))}: .*{re.escape(message)}"):
+        read_spec(path)
+
+
+def test_too_many_jobs_and_a_folder_of_another_run_are_refused_before_running(tiny_setup, tmp_path):
+    spec = read_spec(_write_spec(tmp_path / "spec.toml", tiny_setup, ARMS, seeds=[4]))
+    with pytest.raises(SweepError, match="--jobs 999: between 1 and"):
+        run_sweep(spec, tmp_path / "out", jobs=999)
+    other = read_spec(
+        _write_spec(tmp_path / "other.toml", tiny_setup, {"base": ["train.lr=1e-3"]}, seeds=[4])
+    )
+    run_sweep(other, tmp_path / "out")
+    with pytest.raises(SweepError, match="base-s4: holds a run whose config is not arm 'base'"):
+        run_sweep(spec, tmp_path / "out")
+    assert not (tmp_path / "out" / "smooth-s4").exists()  # nothing ran
