@@ -162,3 +162,108 @@ def test_too_many_jobs_and_a_folder_of_another_run_are_refused_before_running(ti
     with pytest.raises(SweepError, match="base-s4: holds a run whose config is not arm 'base'"):
         run_sweep(spec, tmp_path / "out")
     assert not (tmp_path / "out" / "smooth-s4").exists()  # nothing ran
+
+
+# -- minbert search ---------------------------------------------------------------------------
+
+
+def _write_search_spec(path: Path, root: Path, space: str) -> Path:
+    from tiny_run import tiny_overrides
+
+    budget = [*tiny_overrides(root), "train.tasks=['sst']", "train.epochs=2"]
+    path.write_text(
+        "[search]\n"
+        f"set = {json.dumps(budget)}\n"
+        'metric = "sst_accuracy"\nseed = 3\n\n[space]\n' + space
+    )
+    return path
+
+
+SPACE = (
+    '"train.lr" = {type = "log-float", low = 1e-4, high = 1e-2}\n'
+    '"train.batch_size" = {type = "int", low = 4, high = 16, step = 4}\n'
+    '"objectives.sst.label_smoothing" = {type = "categorical", choices = [0.0, 0.1]}\n'
+)
+
+
+def test_a_search_writes_a_study_optuna_reopens_and_a_best_config_train_accepts(
+    tiny_setup, tmp_path
+):
+    import optuna
+
+    from minbert.config import load_config
+    from minbert.experiments.search import read_search_spec, run_search
+
+    spec = read_search_spec(_write_search_spec(tmp_path / "search.toml", tiny_setup, SPACE))
+    best = run_search(spec, tmp_path / "out", trials=3)
+    study = optuna.load_study(
+        study_name="minbert", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}"
+    )
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == 3 and study.best_trial.number == best["best_trial"]
+    config = load_config(tmp_path / "out" / "best.toml")
+    assert config.train.lr == pytest.approx(study.best_trial.params["train.lr"])
+    assert config.train.batch_size == study.best_trial.params["train.batch_size"]
+    assert (tmp_path / "out" / "trials.md").read_text().count("| complete |") + (
+        tmp_path / "out" / "trials.md"
+    ).read_text().count("| pruned |") == 3
+    assert (tmp_path / "out" / "history.png").stat().st_size > 0
+
+
+def test_a_killed_search_resumes_to_exactly_n_trials(tiny_setup, tmp_path):
+    import optuna
+
+    spec = _write_search_spec(tmp_path / "search.toml", tiny_setup, SPACE)
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "minbert.cli",
+        "search",
+        str(spec),
+        "--trials",
+        "3",
+        "--out",
+        str(out),
+    ]
+    search = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "trial-1" / "config.toml").exists():  # the first trial done, the second on
+        assert search.poll() is None, search.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    search.kill()  # SIGKILL: trial 1 stays RUNNING in the study
+    search.wait()
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name="minbert", storage=f"sqlite:///{out / 'study.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") + states.count("PRUNED") == 3
+    assert states[1] == "FAIL"  # the killed trial, not counted
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ("", "the search space is empty"),
+        (
+            '"train.lr" = {type = "categorical", choices = [1e-3]}\n',
+            "space.train.lr.choices: give two or more",
+        ),
+        (
+            '"train.lr" = {type = "float", low = 1e-3, high = 1e-4}\n',
+            "low (0.001) must be below high",
+        ),
+        ('"train.lr" = {type = "log-float", low = 0, high = 1e-4}\n', "must be above 0"),
+        ('"train.lr" = {type = "uniform", low = 0, high = 1}\n', "space.train.lr.type: 'uniform'"),
+        ('"train.lrr" = {type = "float", low = 0, high = 1}\n', "unknown key 'train.lrr'"),
+        ('"train.epochs" = {type = "int", low = 0, high = 3}\n', "train.epochs"),
+    ],
+)
+def test_a_bad_search_spec_is_refused_before_anything_runs(tiny_setup, tmp_path, space, message):
+    from minbert.experiments.search import SearchError, read_search_spec
+
+    path = _write_search_spec(tmp_path / "search.toml", tiny_setup, space)
+    with pytest.raises(SearchError, match=re.escape(message)):
+        read_search_spec(path)
+    assert list(tmp_path.iterdir()) == [path]

@@ -196,6 +196,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from minbert.experiments.search import read_search_spec, run_search
+
+    spec = read_search_spec(args.spec)
+    best = run_search(spec, args.out, args.trials)
+    print((Path(args.out) / "trials.md").read_text(encoding="utf-8"), end="")
+    print(
+        f"best: trial {best['best_trial']}, {spec.metric} = {best['best_value']:.4f}; "
+        f"train it: minbert train --config {Path(args.out) / 'best.toml'} --out RUN"
+    )
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from minbert.config import describe
 
@@ -385,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--table-only", action="store_true", help="only remake the tables from DIR/results"
     )
     sw.set_defaults(func=cmd_sweep)
+
+    se_ = sub.add_parser("search", help="hyper-parameter search with Optuna (TPE, median pruner)")
+    se_.add_argument("spec", help="search spec (TOML: [search] config, set, metric; [space])")
+    se_.add_argument("--trials", type=positive_int, required=True, help="finished trials wanted")
+    se_.add_argument("--out", required=True, help="folder of the study (study.db) and trials")
+    se_.set_defaults(func=cmd_search)
 
     ex = sub.add_parser("export", help="write a Hugging Face BERT directory, or ONNX graphs")
     ex.add_argument("source", help="run folder, model directory, or pretrained model name")
