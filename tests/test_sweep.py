@@ -267,3 +267,70 @@ def test_a_bad_search_spec_is_refused_before_anything_runs(tiny_setup, tmp_path,
     with pytest.raises(SearchError, match=re.escape(message)):
         read_search_spec(path)
     assert list(tmp_path.iterdir()) == [path]
+
+
+# -- minbert ensemble -------------------------------------------------------------------------
+
+
+def test_an_ensemble_or_soup_of_one_run_twice_is_that_run(finished_tiny_run, tmp_path, capsys):
+    import shutil
+
+    from minbert.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_tiny_run, copy)
+    out = tmp_path / "ens"
+    assert main(["ensemble", str(finished_tiny_run), str(copy), "--out", str(out), "--soup"]) == 0
+    summary = json.loads((out / "ensemble.json").read_text())
+    final = json.loads((finished_tiny_run / "final.json").read_text())
+    assert summary["dev"] == pytest.approx(final["dev"], abs=1e-9)
+    assert summary["soup"]["dev"] == pytest.approx(final["dev"], abs=1e-9)
+    for path in (out / "predictions").iterdir():
+        ours = path.read_text().splitlines()
+        ids = [line.split(",")[0] for line in ours[1:]]
+        assert len(ids) == len(set(ids))  # every id once
+        theirs = (finished_tiny_run / "predictions" / path.name).read_text().splitlines()
+        assert [line.split(",")[0] for line in theirs] == [line.split(",")[0] for line in ours]
+        if not path.name.startswith("sts"):  # classes and 0/1: the same predictions
+            assert ours == theirs
+    assert (out / "soup" / "model.safetensors").is_file()
+    assert main(["ensemble", str(finished_tiny_run), str(copy), "--out", str(out)]) == 2
+    assert "holds an ensemble" in capsys.readouterr().err
+
+
+def test_an_ensemble_of_runs_of_different_tasks_is_refused(finished_tiny_run, tiny_setup, tmp_path):
+    from tiny_run import QUICK, run_config
+
+    from minbert.experiments.ensemble import EnsembleError, run_ensemble
+    from minbert.train.trainer import Trainer
+
+    Trainer(run_config(tiny_setup, *QUICK, "train.tasks=['sst']"), tmp_path / "sst").run()
+    with pytest.raises(EnsembleError, match="trained \\['sst'\\].*the same tasks"):
+        run_ensemble([finished_tiny_run, tmp_path / "sst"], tmp_path / "ens")
+    with pytest.raises(EnsembleError, match="two or more runs"):
+        run_ensemble([finished_tiny_run], tmp_path / "ens")
+
+
+def test_the_ensembles_threshold_is_fitted_on_the_rows_every_member_held_out(
+    tiny_setup, tmp_path, monkeypatch
+):
+    import shutil
+
+    from tiny_run import QUICK, run_config
+
+    from minbert.experiments import ensemble
+    from minbert.train.trainer import Trainer
+
+    config = run_config(tiny_setup, *QUICK, "train.tasks=['quora']", "heads.quora.calibrate=0.3")
+    Trainer(config, tmp_path / "a").run()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    summary = ensemble.run_ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "few")
+    assert summary["thresholds"]["quora"]["fitted_on"] == 0  # 12 shared rows: too few
+    monkeypatch.setattr(ensemble, "MIN_SHARED_HELDOUT", 5)
+    summary = ensemble.run_ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "fitted")
+    fitted = summary["thresholds"]["quora"]
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").open()]
+    best = json.loads((tmp_path / "a" / "final.json").read_text())["best_epoch"]
+    own = records[best - 1]["calibration"]["quora"]
+    assert fitted["fitted_on"] == own["heldout_rows"] == 12
+    assert fitted["heldout_accuracy"] == pytest.approx(own["heldout_accuracy"], abs=1e-4)

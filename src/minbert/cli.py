@@ -209,6 +209,19 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from minbert.experiments.ensemble import run_ensemble
+
+    summary = run_ensemble(args.runs, args.out, soup=args.soup, overwrite=args.overwrite)
+    print(f"ensemble of {len(args.runs)} runs, dev:")
+    print(format_metrics(summary["dev"]))
+    if "soup" in summary:
+        print(f"soup (averaged weights, {summary['soup']['model_dir']}), dev:")
+        print(format_metrics(summary["soup"]["dev"]))
+    print(f"predictions in {Path(args.out) / 'predictions'}; details in ensemble.json")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from minbert.config import describe
 
@@ -404,6 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     se_.add_argument("--trials", type=positive_int, required=True, help="finished trials wanted")
     se_.add_argument("--out", required=True, help="folder of the study (study.db) and trials")
     se_.set_defaults(func=cmd_search)
+
+    en = sub.add_parser("ensemble", help="combine trained runs' predictions (and --soup weights)")
+    en.add_argument("runs", nargs="+", help="two or more run folders (or model directories)")
+    en.add_argument("--out", required=True, help="folder for predictions and ensemble.json")
+    en.add_argument("--soup", action="store_true", help="also average the runs' weights")
+    en.add_argument("--overwrite", action="store_true", help="replace an earlier ensemble")
+    en.set_defaults(func=cmd_ensemble)
 
     ex = sub.add_parser("export", help="write a Hugging Face BERT directory, or ONNX graphs")
     ex.add_argument("source", help="run folder, model directory, or pretrained model name")
