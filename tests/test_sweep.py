@@ -334,3 +334,46 @@ def test_the_ensembles_threshold_is_fitted_on_the_rows_every_member_held_out(
     own = records[best - 1]["calibration"]["quora"]
     assert fitted["fitted_on"] == own["heldout_rows"] == 12
     assert fitted["heldout_accuracy"] == pytest.approx(own["heldout_accuracy"], abs=1e-4)
+
+
+# -- minbert claims ---------------------------------------------------------------------------
+
+
+def test_the_claims_table_gives_each_claim_its_interval_and_verdict(tiny_setup, tmp_path):
+    from minbert.experiments.claims import claims_table
+
+    specs, runs = tmp_path / "claims", tmp_path / "runs"
+    specs.mkdir()
+    arms = {"base": [], "up": [], "down": [], "mixed": [], "missing": []}
+    path = _write_spec(specs / "c.toml", tiny_setup, arms, seeds=(1, 2, 3))
+    path.write_text(
+        path.read_text() + '[claim]\ntext = "X helps"\nmetric = "sst_accuracy"\nbetter = "higher"\n'
+    )
+    offsets = {"base": [0, 0, 0], "up": [0.02, 0.03, 0.025], "down": [-0.02, -0.01, -0.015]}
+    offsets["mixed"] = [0.02, -0.02, 0.001]
+    (runs / "c" / "results").mkdir(parents=True)
+    for arm, deltas in offsets.items():
+        for seed, delta in zip((1, 2, 3), deltas, strict=True):
+            result = {"arm": arm, "seed": seed, "dev": {"sst_accuracy": 0.5 + seed / 100 + delta}}
+            (runs / "c" / "results" / f"{arm}-s{seed}.json").write_text(json.dumps(result))
+    rows = {
+        line.split("|")[3].strip(): line
+        for line in claims_table(specs, runs).splitlines()
+        if "` vs `" in line
+    }
+    assert rows["`up` vs `base`"].endswith("| holds |") and "+0.0250 [" in rows["`up` vs `base`"]
+    assert rows["`down` vs `base`"].endswith("| does not hold |")
+    assert rows["`mixed` vs `base`"].endswith("| cannot tell at this budget |")
+    assert rows["`missing` vs `base`"].endswith("| not measured yet |")
+    assert rows["`up` vs `base`"].startswith("| X helps |")
+
+
+def test_every_shipped_claim_spec_loads():
+    from minbert.experiments.sweep import read_spec
+
+    root = Path(__file__).resolve().parents[1]
+    specs = sorted((root / "configs" / "claims").glob("*.toml"))
+    assert len(specs) >= 10
+    for path in specs:
+        spec = read_spec(path)
+        assert spec.claim["metric"] and len(spec.seeds) >= 3

@@ -222,6 +222,13 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_claims(args: argparse.Namespace) -> int:
+    from minbert.experiments.claims import write_claims
+
+    print(write_claims(args.specs, args.runs, args.out), end="")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from minbert.config import describe
 
@@ -424,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--soup", action="store_true", help="also average the runs' weights")
     en.add_argument("--overwrite", action="store_true", help="replace an earlier ensemble")
     en.set_defaults(func=cmd_ensemble)
+
+    cl = sub.add_parser("claims", help="docs/CLAIMS.md from the claim sweeps' results")
+    cl.add_argument("--specs", default="configs/claims", help="folder of claim specs")
+    cl.add_argument("--runs", default="runs/claims", help="folder of their sweeps")
+    cl.add_argument("--out", default="docs/CLAIMS.md")
+    cl.set_defaults(func=cmd_claims)
 
     ex = sub.add_parser("export", help="write a Hugging Face BERT directory, or ONNX graphs")
     ex.add_argument("source", help="run folder, model directory, or pretrained model name")

@@ -69,6 +69,7 @@ class Spec:
     baseline: str
     arms: dict[str, Arm]
     metrics: list[str] = field(default_factory=list)  # empty: every dev metric
+    claim: dict = field(default_factory=dict)  # [claim]: what a report says (claims.py)
 
     def runs(self) -> list[tuple[Arm, int]]:
         """Every (arm, seed), seed-major: the baseline and the arms of a seed run together,
@@ -96,11 +97,19 @@ def read_spec(path: str | Path) -> Spec:
         data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SweepError(f"{path}: not a TOML file ({exc})") from None
-    unknown = set(data) - {"sweep", "arms"}
+    unknown = set(data) - {"sweep", "arms", "claim"}
     if unknown:
         raise SweepError(
-            f"{path}: unknown table(s) {sorted(unknown)}; a spec has [sweep], [arms.*]"
+            f"{path}: unknown table(s) {sorted(unknown)}; a spec has [sweep], [arms.*], [claim]"
         )
+    claim = data.get("claim", {})
+    claim_keys = {"text", "source", "metric", "better", "budget", "arms"}
+    if bad := set(claim) - claim_keys:
+        raise SweepError(
+            f"{path}: claim: unknown key(s) {sorted(bad)}; allowed {sorted(claim_keys)}"
+        )
+    if claim.get("better", "higher") not in ("higher", "lower"):
+        raise SweepError(f"{path}: claim.better: 'higher' or 'lower', got {claim['better']!r}")
     sweep = data.get("sweep", {})
     allowed = {"config", "seeds", "baseline", "set", "metrics"}
     if bad := set(sweep) - allowed:
@@ -133,7 +142,11 @@ def read_spec(path: str | Path) -> Spec:
     if baseline not in arms:
         raise SweepError(f"{path}: sweep.baseline: {baseline!r} is not an arm; arms: {list(arms)}")
     metrics = _list_of(sweep.get("metrics", []), str, "sweep.metrics", path)
-    return Spec(path, seeds, baseline, arms, metrics)
+    if claim and "metric" not in claim:
+        raise SweepError(f"{path}: claim.metric: name the dev metric the claim is about")
+    if bad := [a for a in claim.get("arms", []) if a not in arms or a == baseline]:
+        raise SweepError(f"{path}: claim.arms: {bad} are not arms other than the baseline")
+    return Spec(path, seeds, baseline, arms, metrics, claim)
 
 
 # -- running -------------------------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""``minbert claims``: ``docs/CLAIMS.md`` from the claim specs in ``configs/claims/`` (sweep
+specs with a ``[claim]`` table) and their sweeps' kept results in ``runs/claims/<spec>/``:
+per claim the setting, each arm's paired change against the baseline with its 95% interval,
+and the verdict — *holds* when the interval is clear of zero in the claimed direction
+(``claim.better``: the claim says the arms score ``higher`` or ``lower`` than the baseline),
+*does not hold* when it is clear of zero the other way, *cannot tell at this budget*
+otherwise, *not measured yet* without results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from minbert.experiments.stats import paired, verdict
+from minbert.experiments.sweep import read_results, read_spec
+from minbert.run.atomic import write_atomic
+
+VERDICTS = {
+    "better": "holds",
+    "worse": "does not hold",
+    "cannot tell": "cannot tell at this budget",
+}
+
+
+def claims_table(specs: Path, runs: Path) -> str:
+    lines = [
+        "# Claims from the reports, re-tested",
+        "",
+        "Made by `minbert claims` from `configs/claims/*.toml` (one sweep spec each: the claim, "
+        "its arms and seeds, its budget) and the kept results of "
+        "`minbert sweep configs/claims/NAME.toml --out runs/claims/NAME`. A change is the "
+        "arm's dev metric less the baseline's on the same seed: mean [95% t-interval] over the "
+        "paired seeds. Verdict: *holds* when the interval is clear of zero in the claimed "
+        "direction, *does not hold* when it is clear of zero the other way, otherwise "
+        "*cannot tell at this budget*.",
+        "",
+        "| claim | setting (budget) | arm vs baseline | metric | seeds | change [95% CI] | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(specs.glob("*.toml")):
+        spec = read_spec(path)
+        if not spec.claim:
+            continue
+        claim, metric = spec.claim, spec.claim["metric"]
+        results = read_results(spec, runs / path.stem)
+        base = {s: r["dev"][metric] for s, r in results[spec.baseline].items()}
+        text = claim.get("text", path.stem) + (f" ({claim['source']})" if "source" in claim else "")
+        setting = f"`{path.name}` ({claim.get('budget', 'see the spec')})"
+        claimed = claim.get("arms") or [a for a in spec.arms if a != spec.baseline]
+        for i, arm in enumerate(claimed):
+            values = {s: r["dev"][metric] for s, r in results[arm].items()}
+            change = paired(values, base) if values and base else None
+            if change is None:
+                cell, word, n = "–", "not measured yet", 0
+            else:
+                n = change.n
+                cell = f"{change.mean:+.4f}" + (
+                    f" [{change.low:+.4f}, {change.high:+.4f}]" if n >= 2 else " (1 seed)"
+                )
+                word = VERDICTS.get(
+                    verdict(change, claim.get("better", "higher")), "cannot tell at this budget"
+                )
+            first = (text, setting) if i == 0 else ("〃", "")
+            lines.append(
+                f"| {first[0]} | {first[1]} | `{arm}` vs `{spec.baseline}` | {metric} | {n} | {cell} | {word} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_claims(specs: str | Path, runs: str | Path, out: str | Path) -> str:
+    table = claims_table(Path(specs), Path(runs))
+    write_atomic(Path(out), table)
+    return table
+
+
+__all__ = ["claims_table", "write_claims"]
