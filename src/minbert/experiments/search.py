@@ -28,12 +28,12 @@ import logging
 import math
 import os
 import socket
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from minbert.config import Config, load_config, selectable_metrics
 from minbert.errors import UserError
+from minbert.experiments import read_toml_spec
 from minbert.run.atomic import write_atomic
 from minbert.run.layout import RunDir
 from minbert.train.callbacks.base import Callback
@@ -132,14 +132,7 @@ def _param(path: Path, key: str, table) -> Param:
 def read_search_spec(path: str | Path) -> SearchSpec:
     """The spec, checked before anything runs: every corner of the space loads as a config."""
     path = Path(path)
-    if not path.is_file():
-        raise SearchError(f"{path}: search spec not found")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise SearchError(f"{path}: not a TOML file ({exc})") from None
-    if bad := set(data) - {"search", "space"}:
-        raise SearchError(f"{path}: unknown table(s) {sorted(bad)}; a spec has [search], [space]")
+    data = read_toml_spec(path, {"search", "space"}, SearchError, "search")
     search = data.get("search", {})
     allowed = {"config", "set", "metric", "seed", "pruner"}
     if bad := set(search) - allowed:

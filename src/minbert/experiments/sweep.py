@@ -31,12 +31,12 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from minbert.config import Config, load_config
 from minbert.errors import UserError
+from minbert.experiments import read_toml_spec
 from minbert.experiments.stats import Paired, Summary, paired, summarise
 from minbert.run.atomic import write_atomic
 from minbert.run.layout import RunDir
@@ -91,17 +91,7 @@ def read_spec(path: str | Path) -> Spec:
     """The spec, checked: every arm's config loads (missing files and unknown keys are
     errors naming the arm) before anything runs."""
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"{path}: sweep spec not found")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise SweepError(f"{path}: not a TOML file ({exc})") from None
-    unknown = set(data) - {"sweep", "arms", "claim"}
-    if unknown:
-        raise SweepError(
-            f"{path}: unknown table(s) {sorted(unknown)}; a spec has [sweep], [arms.*], [claim]"
-        )
+    data = read_toml_spec(path, {"sweep", "arms", "claim"}, SweepError, "sweep")
     claim = data.get("claim", {})
     claim_keys = {"text", "source", "metric", "better", "budget", "arms"}
     if bad := set(claim) - claim_keys:
