@@ -366,6 +366,13 @@ def test_the_claims_table_gives_each_claim_its_interval_and_verdict(tiny_setup, 
     assert rows["`mixed` vs `base`"].endswith("| cannot tell at this budget |")
     assert rows["`missing` vs `base`"].endswith("| not measured yet |")
     assert rows["`up` vs `base`"].startswith("| X helps |")
+    path.write_text(path.read_text() + 'compare = [["up", "down"], "mixed"]\n')
+    rows = [line for line in claims_table(specs, runs).splitlines() if "` vs `" in line]
+    assert len(rows) == 2 and "`up` vs `down`" in rows[0] and rows[0].endswith("| holds |")
+    assert "`mixed` vs `base`" in rows[1]
+    path.write_text(path.read_text().replace('"mixed"]', '"nope"]'))
+    with pytest.raises(SweepError, match="claim.compare: 'nope'"):
+        claims_table(specs, runs)
 
 
 def test_every_shipped_claim_spec_loads():

@@ -42,13 +42,13 @@ def claims_table(specs: Path, runs: Path) -> str:
             continue
         claim, metric = spec.claim, spec.claim["metric"]
         results = read_results(spec, runs / path.stem)
-        base = {s: r["dev"][metric] for s, r in results[spec.baseline].items()}
+        scores = {a: {s: r["dev"][metric] for s, r in runs.items()} for a, runs in results.items()}
         text = claim.get("text", path.stem) + (f" ({claim['source']})" if "source" in claim else "")
         setting = f"`{path.name}` ({claim.get('budget', 'see the spec')})"
-        claimed = claim.get("arms") or [a for a in spec.arms if a != spec.baseline]
-        for i, arm in enumerate(claimed):
-            values = {s: r["dev"][metric] for s, r in results[arm].items()}
-            change = paired(values, base) if values and base else None
+        for i, (arm, against) in enumerate(claim_pairs(spec)):
+            change = (
+                paired(scores[arm], scores[against]) if scores[arm] and scores[against] else None
+            )
             if change is None:
                 cell, word, n = "–", "not measured yet", 0
             else:
@@ -56,14 +56,23 @@ def claims_table(specs: Path, runs: Path) -> str:
                 cell = f"{change.mean:+.4f}" + (
                     f" [{change.low:+.4f}, {change.high:+.4f}]" if n >= 2 else " (1 seed)"
                 )
-                word = VERDICTS.get(
-                    verdict(change, claim.get("better", "higher")), "cannot tell at this budget"
+                word = (
+                    VERDICTS[verdict(change, claim.get("better", "higher"))]
+                    if n >= 2
+                    else ("cannot tell at this budget")
                 )
             first = (text, setting) if i == 0 else ("〃", "")
             lines.append(
-                f"| {first[0]} | {first[1]} | `{arm}` vs `{spec.baseline}` | {metric} | {n} | {cell} | {word} |"
+                f"| {first[0]} | {first[1]} | `{arm}` vs `{against}` | {metric} | {n} | {cell} | {word} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def claim_pairs(spec) -> list[tuple[str, str]]:
+    """(arm, against) pairs a claim is about: ``claim.compare`` (``["eda", "long"]`` or
+    ``"eda"``, against the baseline), else every arm against the baseline."""
+    pairs = spec.claim.get("compare") or [a for a in spec.arms if a != spec.baseline]
+    return [(p, spec.baseline) if isinstance(p, str) else (p[0], p[1]) for p in pairs]
 
 
 def write_claims(specs: str | Path, runs: str | Path, out: str | Path) -> str:

@@ -93,7 +93,7 @@ def read_spec(path: str | Path) -> Spec:
     path = Path(path)
     data = read_toml_spec(path, {"sweep", "arms", "claim"}, SweepError, "sweep")
     claim = data.get("claim", {})
-    claim_keys = {"text", "source", "metric", "better", "budget", "arms"}
+    claim_keys = {"text", "source", "metric", "better", "budget", "compare"}
     if bad := set(claim) - claim_keys:
         raise SweepError(
             f"{path}: claim: unknown key(s) {sorted(bad)}; allowed {sorted(claim_keys)}"
@@ -134,8 +134,17 @@ def read_spec(path: str | Path) -> Spec:
     metrics = _list_of(sweep.get("metrics", []), str, "sweep.metrics", path)
     if claim and "metric" not in claim:
         raise SweepError(f"{path}: claim.metric: name the dev metric the claim is about")
-    if bad := [a for a in claim.get("arms", []) if a not in arms or a == baseline]:
-        raise SweepError(f"{path}: claim.arms: {bad} are not arms other than the baseline")
+    for pair in claim.get("compare", []):
+        names = [pair, baseline] if isinstance(pair, str) else pair
+        if (
+            not isinstance(names, list)
+            or len(names) != 2
+            or names[0] == names[1]
+            or any(n not in arms for n in names)
+        ):
+            raise SweepError(
+                f"{path}: claim.compare: {pair!r}: an arm, or [arm, other arm], of {list(arms)}"
+            )
     return Spec(path, seeds, baseline, arms, metrics, claim)
 
 
