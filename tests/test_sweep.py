@@ -366,6 +366,12 @@ def test_the_claims_table_gives_each_claim_its_interval_and_verdict(tiny_setup, 
     assert rows["`mixed` vs `base`"].endswith("| cannot tell at this budget |")
     assert rows["`missing` vs `base`"].endswith("| not measured yet |")
     assert rows["`up` vs `base`"].startswith("| X helps |")
+    # the results used are kept beside the table: a clone without run folders remakes it
+    from minbert.experiments.claims import write_claims
+
+    table = write_claims(specs, runs, tmp_path / "CLAIMS.md", tmp_path / "kept")
+    assert (tmp_path / "kept" / "c" / "results" / "up-s2.json").is_file()
+    assert claims_table(specs, tmp_path / "no-runs", tmp_path / "kept") == table
     path.write_text(path.read_text() + 'compare = [["up", "down"], "mixed"]\n')
     rows = [line for line in claims_table(specs, runs).splitlines() if "` vs `" in line]
     assert len(rows) == 2 and "`up` vs `down`" in rows[0] and rows[0].endswith("| holds |")

@@ -225,7 +225,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_claims(args: argparse.Namespace) -> int:
     from minbert.experiments.claims import write_claims
 
-    print(write_claims(args.specs, args.runs, args.out), end="")
+    print(write_claims(args.specs, args.runs, args.out, args.kept), end="")
     return 0
 
 
@@ -436,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--specs", default="configs/claims", help="folder of claim specs")
     cl.add_argument("--runs", default="runs/claims", help="folder of their sweeps")
     cl.add_argument("--out", default="docs/CLAIMS.md")
+    cl.add_argument(
+        "--kept",
+        default="docs/claims",
+        help="copies of the results used (read where --runs has none)",
+    )
     cl.set_defaults(func=cmd_claims)
 
     ex = sub.add_parser("export", help="write a Hugging Face BERT directory, or ONNX graphs")

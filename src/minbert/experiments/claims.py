@@ -21,13 +21,16 @@ VERDICTS = {
 }
 
 
-def claims_table(specs: Path, runs: Path) -> str:
+def claims_table(specs: Path, runs: Path, kept: Path | None = None) -> str:
+    """The table; each spec's results come from ``runs/<spec>/results`` or, where that is
+    missing, from ``kept/<spec>/results`` (the copies ``write_claims`` keeps in the repo)."""
     lines = [
         "# Claims from the reports, re-tested",
         "",
         "Made by `minbert claims` from `configs/claims/*.toml` (one sweep spec each: the claim, "
-        "its arms and seeds, its budget) and the kept results of "
-        "`minbert sweep configs/claims/NAME.toml --out runs/claims/NAME`. A change is the "
+        "its arms and seeds, its budget) and the results of "
+        "`minbert sweep configs/claims/NAME.toml --out runs/claims/NAME` (copies kept in "
+        "`docs/claims/NAME/results/`). A change is the "
         "arm's dev metric less the baseline's on the same seed: mean [95% t-interval] over the "
         "paired seeds. Verdict: *holds* when the interval is clear of zero in the claimed "
         "direction, *does not hold* when it is clear of zero the other way, otherwise "
@@ -41,7 +44,10 @@ def claims_table(specs: Path, runs: Path) -> str:
         if not spec.claim:
             continue
         claim, metric = spec.claim, spec.claim["metric"]
-        results = read_results(spec, runs / path.stem)
+        source = runs / path.stem
+        if kept is not None and not (source / "results").is_dir():
+            source = kept / path.stem
+        results = read_results(spec, source)
         scores = {a: {s: r["dev"][metric] for s, r in runs.items()} for a, runs in results.items()}
         text = claim.get("text", path.stem) + (f" ({claim['source']})" if "source" in claim else "")
         setting = f"`{path.name}` ({claim.get('budget', 'see the spec')})"
@@ -75,8 +81,20 @@ def claim_pairs(spec) -> list[tuple[str, str]]:
     return [(p, spec.baseline) if isinstance(p, str) else (p[0], p[1]) for p in pairs]
 
 
-def write_claims(specs: str | Path, runs: str | Path, out: str | Path) -> str:
-    table = claims_table(Path(specs), Path(runs))
+def write_claims(
+    specs: str | Path, runs: str | Path, out: str | Path, kept: str | Path = "docs/claims"
+) -> str:
+    """Write the table to ``out`` and keep a copy of every result it used in
+    ``kept/<spec>/results/`` (small JSON files, committed), so that a fresh clone remakes
+    the same table without the run folders."""
+    specs, runs, kept = Path(specs), Path(runs), Path(kept)
+    table = claims_table(specs, runs, kept)
+    for folder in sorted(runs.glob("*/results")) if runs.is_dir() else []:
+        if (specs / f"{folder.parent.name}.toml").is_file():
+            target = kept / folder.parent.name / "results"
+            target.mkdir(parents=True, exist_ok=True)
+            for result in sorted(folder.glob("*.json")):
+                write_atomic(target / result.name, result.read_text(encoding="utf-8"))
     write_atomic(Path(out), table)
     return table
 
