@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from minbert.data.batching import Batch, EncodedTask, TaskStream, encode_texts, pad_sequences
-from minbert.data.tasks import TaskSpec
+from minbert.data.tasks import TASKS, TaskSpec
 from minbert.errors import UserError
 from minbert.settings import ConfigError, setting
 
@@ -372,8 +372,6 @@ class Augmenter:
 def build_augmenters(config) -> dict[str, Augmenter]:
     """An ``Augmenter`` for each trained task whose ``[augment.<task>]`` switches one on;
     WordNet read once, only when an operation needs it."""
-    from minbert.data.tasks import TASKS
-
     tables = {t: config.augmentation(t) for t in config.train.tasks}
     tables = {t: a for t, a in tables.items() if a.enabled}
     wordnet = None
@@ -490,7 +488,6 @@ def augment_file(
     as training sees them in epoch ``epoch`` (ids ``<id>-aug<k>``), as a tab-separated file
     with the columns ``id``, the texts and the label. Returns (rows, copies written)."""
     from minbert.data.io import read_task_file
-    from minbert.data.tasks import TASKS
     from minbert.run.atomic import write_atomic
 
     spec = TASKS[task]

@@ -1,11 +1,13 @@
-"""The splits a run reads, as its config says (file, row limits, bi-encoding, held-out rows)."""
+"""The splits a run reads, as its config says (file, row limits, bi-encoding, held-out rows),
+and the training streams that serve their rows."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from minbert.data.batching import EncodedTask, encode_task, hold_out, random_share
+from minbert.data.augment import build_augmenters, build_stream
+from minbert.data.batching import EncodedTask, TaskStream, encode_task, hold_out, random_share
 from minbert.data.io import read_task_file
 from minbert.data.tasks import TASKS
 from minbert.model.tokenizer import Tokenizer
@@ -53,3 +55,12 @@ def load_training_data(
                 len(train[t]),
             )
     return train, heldout
+
+
+def training_streams(
+    config, train_data: dict[str, EncodedTask], tokenizer: Tokenizer
+) -> dict[str, TaskStream]:
+    """Each task's training stream: its rows, with augmented copies where its
+    ``[augment.<task>]`` table switches augmentation on."""
+    augmenters = build_augmenters(config)
+    return {t: build_stream(config, d, tokenizer, augmenters) for t, d in train_data.items()}

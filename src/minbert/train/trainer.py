@@ -23,9 +23,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from minbert.config import Config, ConfigError
-from minbert.data.augment import build_augmenters, build_stream
 from minbert.data.schedules import plan_epochs
-from minbert.data.splits import load_split, load_training_data
+from minbert.data.splits import load_split, load_training_data, training_streams
 from minbert.device import autocast, peak_memory, resolve_device, use_bf16
 from minbert.eval.evaluate import evaluate
 from minbert.model.loading import load_pretrained
@@ -114,11 +113,7 @@ class Trainer:
         freeze_all_but(self.model, config.trainable_patterns())
         if config.train.log_conflicts_every and not self.model.shared_parameters():
             raise ConfigError("train.log_conflicts_every: no shared parameter trains")
-        augmenters = build_augmenters(config)
-        self.streams = {
-            t: build_stream(config, d, self.tokenizer, augmenters)
-            for t, d in self.train_data.items()
-        }
+        self.streams = training_streams(config, self.train_data, self.tokenizer)
         precision = functools.partial(autocast, self.device, self.bf16)
         self.objectives = build_objectives(config, self.model, precision)
         t = config.train
