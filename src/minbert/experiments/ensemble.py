@@ -11,6 +11,7 @@ weights averaged into one model, each scored on dev with prediction files for de
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minbert.data.batching import EncodedTask
 from minbert.data.io import write_predictions
 from minbert.data.splits import load_split, load_training_data
 from minbert.data.tasks import TASKS
@@ -27,7 +29,7 @@ from minbert.errors import UserError
 from minbert.eval.evaluate import evaluate, predict, score
 from minbert.eval.metrics import best_threshold, overall_scores
 from minbert.run.atomic import write_atomic
-from minbert.run.model_dir import find_model_dir, load_model_dir, save_model_dir
+from minbert.run.model_dir import load_model_dir, save_model_dir
 
 log = logging.getLogger(__name__)
 MIN_SHARED_HELDOUT = 200  # fewer shared held-out rows than this: no threshold is fitted
@@ -43,18 +45,26 @@ class Member:
         self.model, self.tokenizer, self.config = load_model_dir(path)
         self.vocab = hashlib.sha256(Path(self.tokenizer.vocab_file).read_bytes()).hexdigest()
         self.bf16 = use_bf16(self.config.train.precision, torch.device("cpu"))
+        self._splits: dict[tuple[str, str], EncodedTask] = {}
+        self._heldout: dict[str, EncodedTask] | None = None
+
+    def split(self, task: str, split: str) -> EncodedTask:
+        """One split as this member reads it (read and tokenised once)."""
+        if (task, split) not in self._splits:
+            self._splits[task, split] = load_split(self.config, task, split, self.tokenizer)
+        return self._splits[task, split]
 
     def outputs(self, task: str, split: str):
-        data = load_split(self.config, task, split, self.tokenizer)
-        batch = self.config.train.eval_batch_size
-        return data, predict(self.model, data, batch, "cpu", self.bf16)
+        data = self.split(task, split)
+        return data, predict(self.model, data, self.config.train.eval_batch_size, "cpu", self.bf16)
 
-    def heldout_ids(self, task: str) -> set[str]:
+    def heldout(self, task: str) -> EncodedTask | None:
         """The training rows this member held out to calibrate ``task`` (never trained on)."""
         if not self.config.head(task).calibrate:
-            return set()
-        _, heldout = load_training_data(self.config, self.tokenizer)
-        return set(heldout[task].ids)
+            return None
+        if self._heldout is None:
+            self._heldout = load_training_data(self.config, self.tokenizer)[1]
+        return self._heldout[task]
 
 
 def load_members(runs: list[str | Path]) -> list[Member]:
@@ -156,7 +166,8 @@ def run_ensemble(
 def _fit_threshold(task: str, members: list[Member], summary: dict) -> float:
     """The ensemble's decision threshold on its mean probability, fitted on the training rows
     every member held out; 0.5 when they share too few."""
-    shared = set.intersection(*(m.heldout_ids(task) for m in members))
+    held = [m.heldout(task) for m in members]
+    shared = set.intersection(*(set(h.ids) if h is not None else set() for h in held))
     if len(shared) < MIN_SHARED_HELDOUT:
         summary["thresholds"][task] = {
             "threshold": 0.5,
@@ -166,10 +177,9 @@ def _fit_threshold(task: str, members: list[Member], summary: dict) -> float:
         }
         return 0.5
     probabilities, labels = [], None
-    for m in members:
-        _, heldout = load_training_data(m.config, m.tokenizer)
-        rows = np.array([i for i, row_id in enumerate(heldout[task].ids) if row_id in shared])
-        data = heldout[task].subset(rows, "heldout")
+    for m, rows_of in zip(members, held, strict=True):
+        rows = np.array([i for i, row_id in enumerate(rows_of.ids) if row_id in shared])
+        data = rows_of.subset(rows, "heldout")
         order = np.argsort(data.ids)
         p = predict(m.model, data, m.config.train.eval_batch_size, "cpu", m.bf16)
         probabilities.append(_probabilities("binary", p.outputs)[order])
@@ -202,12 +212,11 @@ def _soup(members: list[Member], folder: Path) -> dict:
         else states[0][k]
         for k in states[0]
     }
-    model = first.model
+    model = copy.deepcopy(first.model)
     model.load_state_dict(averaged, strict=True)
-    datasets = {t: load_split(first.config, t, "dev", first.tokenizer) for t in model.tasks}
+    datasets = {t: first.split(t, "dev") for t in model.tasks}
     metrics, _ = evaluate(model, datasets, first.config.train.eval_batch_size, "cpu", first.bf16)
     save_model_dir(
         model, first.tokenizer, first.config, folder, {"soup_of": [str(m.path) for m in members]}
     )
-    first.model, _, _ = load_model_dir(find_model_dir(first.path))  # the member as it was
     return {"dev": metrics, "model_dir": str(folder)}
