@@ -48,18 +48,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("give --out RUN for a new run, or --resume RUN")
     resume = bool(args.resume)
+    world = join_world(config)
     try:
         with collecting_logs() as early:  # train.log is the run's only once it owns RUN
-            trainer = Trainer(config, out, resume=resume, overwrite=args.overwrite)
+            trainer = Trainer(config, out, resume=resume, overwrite=args.overwrite, world=world)
+        if not world.is_main:  # rank 0 alone writes the log, the scores and the files
+            trainer.run()
+            return 0
         with logging_to(RunDir(out).log, append=resume, earlier=early):
             summary = trainer.run()
     except TrainingInterrupted as exc:
-        print(f"\n{exc}", file=sys.stderr)
+        if world.is_main:
+            print(f"\n{exc}", file=sys.stderr)
         return 128 + exc.signum
+    finally:
+        world.leave()
     print(f"\ndev scores of the best epoch ({summary['best_epoch']}) in {out}:")
     print(format_metrics(summary["dev"]))
     print(f"  training wall time: {summary['train_wall_seconds']:.0f} s on {summary['device']}")
     return 0
+
+
+def join_world(config):
+    """Under torchrun, this process's rank (its log lines say so; ranks other than 0 log
+    warnings and errors only); otherwise the world of one."""
+    from minbert.device import resolve_device
+    from minbert.train.distributed import join
+
+    world = join(resolve_device(config.train.device), config.train.dist_timeout)
+    if world.distributed:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(
+                logging.Formatter(f"[rank {world.rank}] %(levelname)s %(message)s")
+            )
+        if not world.is_main:
+            log.setLevel(logging.WARNING)
+    return world
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -243,7 +243,15 @@ class TrainConfig:
         "auto", "auto: bf16 autocast where the hardware has fast bf16, else fp32"
     )
     device: Literal["auto", "cpu", "cuda"] = _field("auto", "auto: cuda when available")
-    threads: int = _field(0, "CPU threads for torch (0: torch's default)", min=0)
+    threads: int = _field(
+        0, "CPU threads for torch, per rank under torchrun (0: torch's default)", min=0
+    )
+    dist_timeout: float = _field(
+        1800.0,
+        "under torchrun: seconds a rank waits for the others at a collective (rank 0's "
+        "evaluation included) before it stops with an error instead of hanging",
+        min=1.0,
+    )
     length_grouping: bool = _field(True, "batch similar lengths together (less padding)")
     compile_optimizer: bool = _field(
         True,

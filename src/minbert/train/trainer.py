@@ -34,6 +34,7 @@ from minbert.run import lock
 from minbert.run.layout import RunDir
 from minbert.train.callbacks import Callback, build_callbacks
 from minbert.train.conflicts import epoch_fields
+from minbert.train.distributed import ALONE, RankLost, World
 from minbert.train.optim import AdamW, parameter_groups, peak_lr_rule, warmup_schedule
 from minbert.train.session import (
     StopRequested,
@@ -70,32 +71,51 @@ class Trainer:
         resume: bool = False,
         callbacks: list[Callback] = (),
         overwrite: bool = False,
+        world: World = ALONE,
     ):
         """A new run in ``out_dir``, or with ``resume`` the run saved there in ``last/``.
         A folder that holds a run is refused unless ``overwrite`` (its files are removed
         once every input of the new run has been read). ``callbacks`` act after the
         built-in ones (e.g. a search's pruner). The folder is locked from here to the end
-        of ``run()``: another process cannot write it meanwhile."""
+        of ``run()``: another process cannot write it meanwhile.
+
+        Under torchrun every rank builds its own trainer with its ``world``
+        (train/distributed.py); rank 0 alone touches the folder, and a failure on any rank
+        stops every rank."""
         self.config = config
+        self.world = world
         self.run_dir = RunDir(out_dir)
-        held = open_output_folder(self.run_dir, resume, overwrite)
-        self._unlock = weakref.finalize(self, lock.release, held)
+        world.check_same_config(config.to_toml())
+        held = world.together(
+            lambda: open_output_folder(self.run_dir, resume, overwrite) if world.is_main else None
+        )
+        self._unlock = weakref.finalize(self, lock.release, held) if held else lambda: None
         try:
-            self._build(config, list(callbacks))
+            world.together(lambda: self._build(config, list(callbacks)))
+            world.broadcast_module(self.model)
+            world.seed_ranks(config.train.seed)
             if resume:
                 self._resume()
+            elif world.is_main:
+                world.together(lambda: claim_output_folder(self.run_dir, config.to_toml()))
             else:
-                claim_output_folder(self.run_dir, config.to_toml())
+                world.together(lambda: None)
         except BaseException:
             self._unlock()
             raise
 
     def _build(self, config: Config, callbacks: list[Callback]) -> None:
         """Everything the run needs, every input read (train, dev and test files, weights)."""
+        t = config.train
+        if (rows := t.batch_size * t.accumulate_steps) < self.world.size:
+            raise ConfigError(
+                f"train.batch_size × train.accumulate_steps = {rows} row(s) a task step, fewer "
+                f"than the {self.world.size} ranks: every rank needs rows of every step"
+            )
         seed_everything(config.train.seed)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        self.device = resolve_device(config.train.device)
+        self.device = self.world.device(resolve_device(config.train.device))
         self.bf16 = use_bf16(config.train.precision, self.device)
         m = config.model
         encoder, self.tokenizer = load_pretrained(
@@ -116,7 +136,6 @@ class Trainer:
         self.streams = training_streams(config, self.train_data, self.tokenizer)
         precision = functools.partial(autocast, self.device, self.bf16)
         self.objectives = build_objectives(config, self.model, precision)
-        t = config.train
         self.plans = plan_epochs(t, {task: len(s) for task, s in self.streams.items()})
         self.total_steps = sum(len(p) for p in self.plans)  # max_steps cuts the plans short
         self.optimizer = AdamW(
@@ -129,18 +148,26 @@ class Trainer:
         )
         warmup = round(t.warmup_ratio * self.total_steps)
         self.scheduler = warmup_schedule(self.optimizer, t.lr_schedule, self.total_steps, warmup)
-        self.strategy = build_strategy(t.strategy, t, self.model)
+        self.strategy = build_strategy(t.strategy, t, self.model, self.world)
         self.state = RunState()
         self.callbacks = build_callbacks(self, callbacks)
         self.signals = StopSignals()
 
     def _resume(self) -> None:
-        last = recover(self.run_dir.last)
-        if last.exists():
-            self._restore(load_state(last))
-        else:  # stopped before its first checkpoint: the same run, from its first step
+        def read() -> dict | None:  # rank 0 reads the checkpoint; every rank gets it
+            if not self.world.is_main:
+                return None
+            last = recover(self.run_dir.last)
+            if last.exists():
+                return load_state(last)
+            # stopped before its first checkpoint: the same run, from its first step
             log.warning("%s: no checkpoint yet; the run starts again from step 1", last)
             write_atomic(self.run_dir.metrics, "")
+            return None
+
+        state = self.world.broadcast_object(self.world.together(read))
+        if state is not None:
+            self._restore(state)
 
     # -- resumable state ------------------------------------------------------------------------
 
@@ -157,18 +184,24 @@ class Trainer:
         return parts | {f"streams.{t}": s for t, s in self.streams.items()}
 
     def _training_state(self) -> dict:
+        """The state to save (collective: rank 0 gathers every rank's random generators)."""
         parts = {key: part.state_dict() for key, part in self._parts().items()}
-        return {"run": asdict(self.state), "rng": rng_state(), **parts}
+        state = {"run": asdict(self.state), "rng": rng_state(), **parts}
+        ranks = self.world.gather_object(state["rng"])
+        if self.world.distributed:  # each rank draws its own dropout masks
+            state["rng_ranks"] = ranks
+        return state
 
     def _restore(self, state: dict) -> None:
         state = upgrade_state(state)
         for key, part in self._parts().items():
             part.load_state_dict(state[key])
         self.state = RunState(**state["run"])
-        set_rng_state(state["rng"])
-        # Epoch records written after the checkpoint are redone (identically) by the resume.
-        kept = [r for r in self.run_dir.read_metrics() if r["epoch"] < self.state.epoch]
-        write_atomic(self.run_dir.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+        set_rng_state(self._own_rng(state))
+        if self.world.is_main:
+            # Epoch records written after the checkpoint are redone (identically) by the resume.
+            kept = [r for r in self.run_dir.read_metrics() if r["epoch"] < self.state.epoch]
+            write_atomic(self.run_dir.metrics, "".join(json.dumps(r) + "\n" for r in kept))
         st = self.state
         log.info(
             "resumed %s at step %d (epoch %d, step %d)",
@@ -178,10 +211,23 @@ class Trainer:
             st.step_in_epoch,
         )
 
+    def _own_rng(self, state: dict) -> dict:
+        """This rank's generators from a checkpoint (rank 0's of a one-process run)."""
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        if len(ranks) != self.world.size:
+            raise TrainingError(
+                f"{self.run_dir.last} was saved by {len(ranks)} rank(s); resume it with "
+                f"--nproc_per_node/--nnodes giving {len(ranks)} rank(s), not {self.world.size}"
+            )
+        return ranks[self.world.rank]
+
     def save_checkpoint(self) -> None:
-        """Write ``RUN/last/`` (atomically). A model with non-finite weights is never saved."""
+        """Write ``RUN/last/`` (atomically; rank 0, with every rank's part gathered). A model
+        with non-finite weights is never saved."""
         self.check_finite_weights()
-        save_state(self.run_dir.last, self._training_state())
+        state = self._training_state()
+        if self.world.is_main:
+            save_state(self.run_dir.last, state)
 
     def check_finite_weights(self) -> None:
         check_finite(self.model, self.state.step)
@@ -200,19 +246,26 @@ class Trainer:
         the losses are empty when the step was skipped for a non-finite value."""
         self._train_mode()
         k = self.config.train.accumulate_steps
-        micro = {}  # objective -> its micro-batches' rows, each with its share of the step's
+        micro = {}  # objective -> this rank's micro-batches, each with its share of the step
+        sizes = {}
         for name, size in step_plan.items():
             rows = self.streams[self.objectives[name].source].take_rows(size)
-            micro[name] = [(c, len(c) / len(rows)) for c in np.array_split(rows, k) if len(c)]
-        sizes = {name: sum(len(c) for c, _ in chunks) for name, chunks in micro.items()}
+            sizes[name] = len(rows)
+            mine = self.world.shard(rows)
+            micro[name] = [(c, len(c) / len(rows)) for c in np.array_split(mine, k) if len(c)]
+            if not micro[name]:  # a rank with no row of a small last batch: a row weighted 0
+                micro[name] = [(rows[:1], 0.0)]  # keeps its collectives in step with the rest
         losses, terms, weights = {}, {}, {}
         for i in range(k):
             parts, totals = {}, {}
             for name, chunks in micro.items():
                 if i < len(chunks):
                     parts[name], totals[name] = self._micro_loss(name, *chunks[i])
-            if bad := [n for n, total in totals.items() if not torch.isfinite(total)]:
-                return self._nonfinite(f"loss of {', '.join(bad)}", sizes)
+            bad = [n for n, total in totals.items() if not torch.isfinite(total)]
+            if self.world.any_true(bool(bad)):
+                return self._nonfinite(f"loss of {', '.join(bad) or 'another rank'}", sizes)
+            if not totals:  # fewer rows than micro-batches: this one has none here
+                continue
             if i == 0:
                 self.callbacks.on_losses(self, {n: p["loss"] for n, p in parts.items()})
             weights = self.strategy.backward(totals, self.model.shared_parameters())
@@ -220,6 +273,8 @@ class Trainer:
                 for part, value in named.items():  # each part as a mean over the whole step
                     into, key = (losses, name) if part == "loss" else (terms, f"{name}.{part}")
                     into[key] = into.get(key, 0.0) + value.item() * micro[name][i][1]
+        self.world.sync_gradients([p for p in self.model.parameters() if p.requires_grad])
+        losses, terms = self.world.sum_floats(losses), self.world.sum_floats(terms)
         trained = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
         if self.config.train.max_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(trained, self.config.train.max_grad_norm)
@@ -264,6 +319,12 @@ class Trainer:
         try:
             with self.signals.caught():
                 return self._run()
+        except RankLost as exc:
+            raise RankLost(
+                f"{exc}. The state saved last is in {self.run_dir.last}; once every rank can "
+                f"run, resume with: torchrun --nproc_per_node=N -m minbert train --resume "
+                f"{self.run_dir.root} (the same {self.world.size} ranks in all)"
+            ) from exc
         finally:
             self._unlock()
 
@@ -279,6 +340,12 @@ class Trainer:
             cfg.epochs,
             cfg.schedule,
         )
+        if self.world.distributed:
+            log.info(
+                "rank 0 of %d (%s): each rank takes its share of every step's batch",
+                self.world.size,
+                self.world.backend,
+            )
         while self.state.epoch <= len(self.plans):
             self._run_epoch()
             self._stop_if_signalled(f"after the evaluation of epoch {self.state.epoch - 1}")
@@ -289,18 +356,23 @@ class Trainer:
             "device": str(self.device),
             "bf16": self.bf16,
         }
+        if not self.world.is_main:
+            return summary  # rank 0 alone predicts and reports
         try:
-            with self.signals.interruptible():
+            with self.signals.interruptible(), self.world.all_local_threads(self.device):
                 self.callbacks.on_train_end(self, summary)
-        except StopRequested:
-            self._stop_if_signalled("during the final predictions and report")
+        except StopRequested as stop:
+            self._stop(stop.signum, "during the final predictions and report")
         return summary
 
     def _stop_if_signalled(self, during: str = "") -> None:
-        """After a stop signal: raise ``TrainingInterrupted`` (the state is saved already)."""
-        if self.signals.received is not None:
-            step = self.state.step
-            raise TrainingInterrupted(self.signals.received, self.run_dir.root, step, during)
+        """After a stop signal to any rank: raise ``TrainingInterrupted`` on every rank (the
+        state is saved already)."""
+        if signum := self.world.max_int(self.signals.received or 0):
+            self._stop(signum, during)
+
+    def _stop(self, signum: int, during: str = "") -> None:
+        raise TrainingInterrupted(signum, self.run_dir.root, self.state.step, during)
 
     def _run_epoch(self) -> None:
         cfg = self.config.train
@@ -311,7 +383,7 @@ class Trainer:
             desc=f"epoch {st.epoch}/{cfg.epochs}",
             initial=st.step_in_epoch,
             total=len(plan),
-            disable=not cfg.progress,
+            disable=not (cfg.progress and self.world.is_main),
             dynamic_ncols=True,
             # in a log file rather than a terminal, a line every 30 s is enough
             mininterval=0.1 if sys.stderr.isatty() else 30.0,
@@ -326,32 +398,46 @@ class Trainer:
             bar.set_postfix(
                 {t: f"{st.loss_sum[t] / st.loss_count[t]:.3f}" for t in losses}, refresh=False
             )
-            if self.signals.received is not None:
+            if signum := self.world.max_int(self.signals.received or 0):
                 bar.close()
                 self.save_checkpoint()
-                self._stop_if_signalled()
+                self._stop(signum)
             self.callbacks.on_step_end(self)
         bar.close()
         self._end_epoch(plan)
 
     def _end_epoch(self, plan: list[dict[str, int]]) -> None:
+        """Rank 0 scores the epoch (the other ranks wait), then every rank moves on."""
+        st = self.state
+        record, stopped = None, 0
+        if self.world.is_main:
+            try:  # the state after the epoch's last step is saved (callbacks/checkpoint.py)
+                with self.signals.interruptible():
+                    record = self._score_epoch(plan)
+            except StopRequested as stop:
+                stopped = stop.signum
+        if stopped := self.world.broadcast_object(stopped):
+            self._stop(stopped, f"during the evaluation of epoch {st.epoch}")
+        st.next_epoch()
+        if record is not None:
+            self.callbacks.on_epoch_end(self, record)
+
+    def _score_epoch(self, plan: list[dict[str, int]]) -> dict:
+        """The epoch's dev scores and record (``metrics.jsonl``)."""
         cfg = self.config.train
         st = self.state
         eval_start = time.perf_counter()
         extra: dict = {}
-        try:  # the state after the epoch's last step is saved (callbacks/checkpoint.py)
-            with self.signals.interruptible(), self.callbacks.evaluated_weights():
-                self.callbacks.on_evaluate(self, extra)
-                dev, _ = evaluate(
-                    self.model,
-                    self.dev_data,
-                    cfg.eval_batch_size,
-                    self.device,
-                    self.bf16,
-                    cfg.progress,
-                )
-        except StopRequested:
-            self._stop_if_signalled(f"during the evaluation of epoch {st.epoch}")
+        with self.callbacks.evaluated_weights(), self.world.all_local_threads(self.device):
+            self.callbacks.on_evaluate(self, extra)
+            dev, _ = evaluate(
+                self.model,
+                self.dev_data,
+                cfg.eval_batch_size,
+                self.device,
+                self.bf16,
+                cfg.progress,
+            )
         st.elapsed_seconds += time.perf_counter() - eval_start
         lr = self.scheduler.get_last_lr()[0]
         record = st.epoch_record(self.tasks, plan, dev, lr) | peak_memory(self.device)
@@ -370,8 +456,7 @@ class Trainer:
         )
         if "conflicts" in record:
             log.info("epoch %d: conflict rate %s", st.epoch, record["conflicts"]["conflict_rate"])
-        st.next_epoch()
-        self.callbacks.on_epoch_end(self, record)
+        return record
 
 
 def _fmt(values: dict[str, float]) -> str:

@@ -39,6 +39,8 @@ def build_callbacks(trainer, extra: list[Callback] = ()) -> CallbackList:
         Report(),
         *extra,
     ]
+    if not trainer.world.is_main:
+        callbacks = [c for c in callbacks if c.every_rank]
     return CallbackList(callbacks)
 
 

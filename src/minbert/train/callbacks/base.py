@@ -14,6 +14,10 @@ The trainer calls, in this order of a run:
   moved on to the next epoch (best-model choice);
 - ``on_train_end(trainer, summary)`` at the end (final predictions, the report).
 A callback with state to resume keeps it in ``state_dict()``.
+
+Under torchrun a callback acts on rank 0 alone (writing, logging, scoring), unless it is
+``every_rank``: it takes part in collectives that every rank must make (the checkpoint
+gathers every rank's generators; the conflict probes sum every rank's gradients).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import Tensor
 
 class Callback:
     name = "callback"
+    every_rank = False
 
     def on_losses(self, trainer, losses: dict[str, Tensor]) -> None:
         pass

@@ -9,6 +9,7 @@ from minbert.train.callbacks.base import Callback
 
 class Checkpoint(Callback):
     name = "checkpoint"
+    every_rank = True  # saving gathers every rank's generators
 
     def __init__(self, every: int):
         self.every = every

@@ -16,6 +16,7 @@ from minbert.train.gradients import flat_gradient
 
 class ConflictProbes(Callback):
     name = "conflicts"
+    every_rank = True  # each rank's share of every task gradient is summed over the ranks
 
     def __init__(self, every: int):
         self.every = every
@@ -49,4 +50,7 @@ class ConflictProbes(Callback):
                     ).to(trainer.device)
                     loss = trainer.objectives[task].plain_loss(trainer.model, batch)
                     grads[task] = flat_gradient(loss, shared, retain_graph=False)
+        world = trainer.world
+        for task in trainer.tasks:  # the mean of the ranks' gradients (each its own rows;
+            world.all_reduce_(grads[task]).div_(world.size)  # probes: the same rows on each)
         return conflict_stats({t: grads[t] for t in trainer.tasks})

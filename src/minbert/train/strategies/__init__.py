@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from minbert.config import TrainConfig
+from minbert.train.distributed import ALONE, World
 from minbert.train.strategies.base import GradientStrategy
 from minbert.train.strategies.gradnorm import GradNormStrategy
 from minbert.train.strategies.pcgrad import PCGradStrategy
@@ -30,13 +31,19 @@ STRATEGIES: dict[str, type[GradientStrategy]] = {
 
 
 def build_strategy(
-    name: str, train: TrainConfig | None = None, model: nn.Module | None = None
+    name: str,
+    train: TrainConfig | None = None,
+    model: nn.Module | None = None,
+    world: World = ALONE,
 ) -> GradientStrategy:
     """The strategy registered as ``name``, set up from ``train`` (its tasks, weights and
-    settings) and, for strategies that look at particular layers, ``model``."""
+    settings) and, for strategies that look at particular layers, ``model``; under
+    torchrun, ``world`` is how it sums what it measures over the ranks."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown gradient strategy {name!r}; known: {sorted(STRATEGIES)}")
-    return STRATEGIES[name].from_config(train or TrainConfig(), model)
+    strategy = STRATEGIES[name].from_config(train or TrainConfig(), model)
+    strategy.world = world
+    return strategy
 
 
 __all__ = [

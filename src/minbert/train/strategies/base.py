@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from minbert.config import TrainConfig
+from minbert.train.distributed import ALONE, World
 
 
 class GradientStrategy:
@@ -25,10 +26,16 @@ class GradientStrategy:
     save it for an exact resume. Its own parameters are trained by its own optimiser inside
     ``backward``: they are not model parameters, are not clipped with them, and are not saved
     with the model.
+
+    Under torchrun each rank's losses are its rows' share of the step's (they sum to the
+    step's losses), and the trainer sums every rank's ``.grad`` after ``backward``. A
+    strategy that is not linear in the losses sums what it measures (per-task gradients,
+    loss values) over the ranks with ``self.world`` before it uses it.
     """
 
     name = "base"
     weights_change = False  # True: the weights move during training; the trainer logs them
+    world: World = ALONE
 
     @classmethod
     def from_config(cls, train: TrainConfig, model: nn.Module | None) -> GradientStrategy:

@@ -81,8 +81,8 @@ class GradNormStrategy(GradientStrategy):
         used = {t: self.weights[t].item() for t in losses}
         norms = {t: self._layer_grad_norm(loss) for t, loss in losses.items()}
         weighted_backward(losses, used)
-        for t, loss in losses.items():
-            value = loss.item()
+        values = self.world.sum_floats({t: loss.item() for t, loss in losses.items()})
+        for t, value in values.items():
             first = self.initial_loss.setdefault(t, value)
             self.loss_ratio[t] = value / first if first > 0 else 1.0
             self.grad_norm[t] = norms[t].item()
@@ -91,8 +91,10 @@ class GradNormStrategy(GradientStrategy):
 
     def _layer_grad_norm(self, loss: Tensor) -> Tensor:
         grads = torch.autograd.grad(loss, self.layer, retain_graph=True, allow_unused=True)
-        squares = [g.float().pow(2).sum() for g in grads if g is not None]
-        return torch.stack(squares).sum().sqrt() if squares else loss.new_zeros(())
+        flat = [g.float().reshape(-1) for g in grads if g is not None]
+        if not flat:
+            return loss.new_zeros(())
+        return torch.linalg.vector_norm(self.world.all_reduce_(torch.cat(flat)))
 
     def _update_weights(self, present: list[str]) -> None:
         known = [t for t in self.tasks if t in self.grad_norm]

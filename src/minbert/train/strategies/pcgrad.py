@@ -75,8 +75,12 @@ class PCGradStrategy(GradientStrategy):
                 p.grad = None
         for p, g in zip(shared, earlier, strict=True):
             p.grad = g
+        # Under torchrun: the step's task gradients, each summed over the ranks, are
+        # projected alike on every rank; each rank leaves 1/W of the result, as the trainer
+        # sums the ranks' gradients afterwards.
+        self.world.all_reduce_(grads)
         orders = [self._order(i, len(tasks)) for i in range(len(tasks))]
-        add_flat_to_grads(pcgrad_sum(grads, orders), shared, used)
+        add_flat_to_grads(pcgrad_sum(grads, orders) / self.world.size, shared, used)
         return dict.fromkeys(losses, 1.0)
 
     def _order(self, i: int, n: int) -> list[int]:

@@ -43,9 +43,12 @@ class UncertaintyStrategy(GradientStrategy):
             s = self.log_vars[t].to(
                 loss.device
             )  # the parameter stays on the CPU; .to is differentiable
-            terms.append(torch.exp(-s) * loss + s)
+            # Under torchrun each rank's loss is its share; the + s term is counted once in all.
+            terms.append(torch.exp(-s) * loss + s / self.world.size)
         total = torch.stack(terms).sum()
         total.backward()
+        for t in losses:
+            self.world.all_reduce_(self.log_vars[t].grad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return used

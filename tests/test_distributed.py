@@ -1,0 +1,156 @@
+"""torchrun: two CPU ranks (gloo) on the tiny run against one process, through the real
+command line (tests/ddp_child.py is each rank)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_run import tiny_overrides
+
+from minbert.config import ConfigError, load_config
+from minbert.run.layout import RunDir
+from minbert.train.distributed import World
+from minbert.train.state import load_state
+from minbert.train.trainer import Trainer
+
+CHILD = Path(__file__).with_name("ddp_child.py")
+NO_DROPOUT = [
+    "model.hidden_dropout=0",
+    "model.attention_dropout=0",
+    "heads.sst.dropout=0",
+    "heads.quora.dropout=0",
+]
+# Every task in every step (PCGrad and GradNorm see several tasks); 7 rows a step split 4 + 3
+# over two ranks, and a last batch of 5; checkpoints inside the epochs.
+SETTINGS = [
+    *NO_DROPOUT,
+    "train.schedule=interleaved",
+    "train.batch_size=7",
+    "train.checkpoint_every=2",
+    "train.threads=1",
+    "train.dist_timeout=60",
+]
+
+
+def overrides(root: Path, *extra: str) -> list[str]:
+    return [*tiny_overrides(root), *SETTINGS, *extra]
+
+
+def torchrun(out: Path, sets: list[str], *options: str, resume: bool = False, ranks: int = 2):
+    """``minbert train`` on ``ranks`` torchrun ranks; the completed process (not checked)."""
+    train = ["train", "--resume", str(out)] if resume else ["train", "--out", str(out)]
+    for s in [] if resume else sets:
+        train += ["--set", s]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={ranks}",
+        str(CHILD),
+        "--watch",
+        str(out),
+        *options,
+        "--",
+        *train,
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+
+
+def one_process(root: Path, out: Path, *extra: str) -> dict[str, torch.Tensor]:
+    """The same run in this process, in float64: its final weights."""
+    trainer = Trainer(load_config(None, overrides(root, *extra)), out)
+    trainer.model.double()
+    trainer.run()
+    return final_weights(out)
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    """The model of the run's last checkpoint (saved after its last step)."""
+    return load_state(RunDir(out).last)["model"]
+
+
+def assert_same_weights(a: dict, b: dict, tolerance: float) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype == torch.float64, name
+        assert (a[name] - b[name]).abs().max().item() <= tolerance, name
+
+
+def files_of(run: Path) -> set[str]:
+    skip = {"train.log", ".lock"}
+    return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and p.name not in skip}
+
+
+@pytest.mark.parametrize("strategy", ["weighted", "pcgrad", "gradnorm", "uncertainty"])
+def test_two_ranks_train_the_weights_of_one_process(tiny_setup, tmp_path, strategy):
+    extra = [f"train.strategy={strategy}"]
+    alone = one_process(tiny_setup, tmp_path / "one", *extra)
+    done = torchrun(tmp_path / "two", overrides(tiny_setup, *extra), "--double")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_weights(final_weights(tmp_path / "two"), alone, 1e-6)
+    # Rank 1 writes nothing (ddp_child --watch would have failed it); rank 0 writes what
+    # one process writes, and logs once.
+    assert files_of(tmp_path / "two") == files_of(tmp_path / "one")
+    log = RunDir(tmp_path / "two").log.read_text()
+    assert log.count("epoch 2: examples seen") == 1
+    assert "[rank 1]" not in done.stderr  # rank 1 logged no warning
+
+
+def test_a_run_killed_on_one_rank_resumes_to_the_same_weights(tiny_setup, tmp_path):
+    out = tmp_path / "two"
+    alone = one_process(tiny_setup, tmp_path / "one")
+    started = time.monotonic()
+    killed = torchrun(out, overrides(tiny_setup), "--double", "--kill", "1:8")
+    assert killed.returncode != 0
+    assert "error: another rank stopped answering" in killed.stderr
+    assert f"resume with: torchrun --nproc_per_node=N -m minbert train --resume {out}" in (
+        killed.stderr.replace("\n", " ")
+    )
+    assert time.monotonic() - started < 120  # rank 0 stops, it does not hang
+    assert load_state(RunDir(out).last)["run"]["step"] == 6  # checkpoint_every = 2
+    resumed = torchrun(out, [], "--double", resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed" in RunDir(out).log.read_text()
+    assert_same_weights(final_weights(out), alone, 1e-6)
+
+
+def test_ranks_launched_with_different_configs_stop_naming_the_line(tiny_setup, tmp_path):
+    done = torchrun(tmp_path / "run", overrides(tiny_setup), "--rank1-set", "train.lr=0.1")
+    assert done.returncode != 0
+    assert "rank 1 was launched with another config than rank 0" in done.stderr
+    assert "lr = 0.1" in done.stderr
+    assert not RunDir(tmp_path / "run").config.exists()
+
+
+def test_a_batch_smaller_than_the_world_is_refused_on_every_rank(tiny_setup, tmp_path):
+    done = torchrun(tmp_path / "run", overrides(tiny_setup, "train.batch_size=1"))
+    assert done.returncode != 0
+    assert "train.batch_size × train.accumulate_steps = 1 row" in done.stderr
+    assert not RunDir(tmp_path / "run").config.exists()
+
+
+def test_shards_split_a_step_and_cover_it_once():
+    rows = np.arange(7)
+    parts = [World(rank=r, size=3).shard(rows) for r in range(3)]
+    assert [len(p) for p in parts] == [3, 2, 2]
+    assert np.array_equal(np.concatenate(parts), rows)
+    assert np.array_equal(World().shard(rows), rows)
+
+
+def test_the_world_of_one_makes_no_collective():
+    alone = World()
+    t = torch.ones(3)
+    assert alone.all_reduce_(t) is t and torch.equal(t, torch.ones(3))
+    assert alone.sum_floats({"a": 1.5}) == {"a": 1.5}
+    assert alone.max_int(3) == 3 and alone.gather_object("x") == ["x"]
+    with pytest.raises(ConfigError, match="boom"):
+        alone.together(lambda: (_ for _ in ()).throw(ConfigError("boom")))
