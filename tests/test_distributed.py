@@ -17,7 +17,7 @@ from tiny_run import tiny_overrides
 from minbert.config import ConfigError, load_config
 from minbert.run.layout import RunDir
 from minbert.train.distributed import World
-from minbert.train.state import load_state
+from minbert.train.state import TrainingError, load_state
 from minbert.train.trainer import Trainer
 
 CHILD = Path(__file__).with_name("ddp_child.py")
@@ -121,6 +121,8 @@ def test_a_run_killed_on_one_rank_resumes_to_the_same_weights(tiny_setup, tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed" in RunDir(out).log.read_text()
     assert_same_weights(final_weights(out), alone, 1e-6)
+    with pytest.raises(TrainingError, match=r"saved by 2 rank\(s\); resume it with"):
+        Trainer(load_config(RunDir(out).config), out, resume=True)  # one process
 
 
 def test_ranks_launched_with_different_configs_stop_naming_the_line(tiny_setup, tmp_path):
