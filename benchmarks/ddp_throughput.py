@@ -45,6 +45,7 @@ def worker(args: argparse.Namespace) -> None:
     tokens = step_tokens(trainer, plan)[args.warmup :]
     for step in plan[: args.warmup]:
         trainer.train_step(step)
+    summing = time_gradient_sums(world)
     world.max_int(0)  # every rank starts the clock together
     started = time.perf_counter()
     for step in plan[args.warmup :]:
@@ -87,10 +88,25 @@ def worker(args: argparse.Namespace) -> None:
             "tokens": int(sum(tokens)),
             "train_seconds": round(train_seconds, 2),
             "tokens_per_second": round(sum(tokens) / train_seconds, 1),
+            "gradient_sum_ms_per_step": round(1000 * summing["seconds"] / len(tokens), 1),
             "dev_seconds": {k: round(v, 2) for k, v in timings.items()},
         }
         Path(args.result).write_text(json.dumps(result))
     world.leave()
+
+
+def time_gradient_sums(world) -> dict[str, float]:
+    """Rank 0's time in ``World.sync_gradients`` (the all-reduces of the gradients)."""
+    spent = {"seconds": 0.0}
+    sync = world.sync_gradients
+
+    def timed(params) -> None:
+        started = time.perf_counter()
+        sync(params)
+        spent["seconds"] += time.perf_counter() - started
+
+    object.__setattr__(world, "sync_gradients", timed)  # World is a frozen dataclass
+    return spent
 
 
 def step_tokens(trainer, plan: list[dict[str, int]]) -> list[int]:
