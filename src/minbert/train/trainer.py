@@ -96,10 +96,14 @@ class Trainer:
             world.seed_ranks(config.train.seed)
             if resume:
                 self._resume()
-            elif world.is_main:
-                world.together(lambda: claim_output_folder(self.run_dir, config.to_toml()))
             else:
-                world.together(lambda: None)
+                world.together(
+                    lambda: (
+                        claim_output_folder(self.run_dir, config.to_toml())
+                        if world.is_main
+                        else None
+                    )
+                )
         except BaseException:
             self._unlock()
             raise
@@ -134,6 +138,8 @@ class Trainer:
         if config.train.log_conflicts_every and not self.model.shared_parameters():
             raise ConfigError("train.log_conflicts_every: no shared parameter trains")
         self.streams = training_streams(config, self.train_data, self.tokenizer)
+        tables = (m.weight for m in self.model.modules() if isinstance(m, torch.nn.Embedding))
+        self._embedding_tables = [w for w in tables if w.requires_grad]
         precision = functools.partial(autocast, self.device, self.bf16)
         self.objectives = build_objectives(config, self.model, precision)
         self.plans = plan_epochs(t, {task: len(s) for task, s in self.streams.items()})
@@ -273,7 +279,9 @@ class Trainer:
                 for part, value in named.items():  # each part as a mean over the whole step
                     into, key = (losses, name) if part == "loss" else (terms, f"{name}.{part}")
                     into[key] = into.get(key, 0.0) + value.item() * micro[name][i][1]
-        self.world.sync_gradients([p for p in self.model.parameters() if p.requires_grad])
+        self.world.sync_gradients(
+            [p for p in self.model.parameters() if p.requires_grad], self._embedding_tables
+        )
         losses, terms = self.world.sum_floats(losses), self.world.sum_floats(terms)
         trained = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
         if self.config.train.max_grad_norm:
@@ -412,8 +420,7 @@ class Trainer:
         record, stopped = None, 0
         if self.world.is_main:
             try:  # the state after the epoch's last step is saved (callbacks/checkpoint.py)
-                with self.signals.interruptible():
-                    record = self._score_epoch(plan)
+                record = self._score_epoch(plan)
             except StopRequested as stop:
                 stopped = stop.signum
         if stopped := self.world.broadcast_object(stopped):
@@ -423,12 +430,17 @@ class Trainer:
             self.callbacks.on_epoch_end(self, record)
 
     def _score_epoch(self, plan: list[dict[str, int]]) -> dict:
-        """The epoch's dev scores and record (``metrics.jsonl``)."""
+        """The epoch's dev scores and record (``metrics.jsonl``); a stop signal during the
+        evaluation raises ``StopRequested`` at once."""
         cfg = self.config.train
         st = self.state
         eval_start = time.perf_counter()
         extra: dict = {}
-        with self.callbacks.evaluated_weights(), self.world.all_local_threads(self.device):
+        with (
+            self.signals.interruptible(),
+            self.callbacks.evaluated_weights(),
+            self.world.all_local_threads(self.device),
+        ):
             self.callbacks.on_evaluate(self, extra)
             dev, _ = evaluate(
                 self.model,
