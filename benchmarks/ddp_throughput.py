@@ -100,9 +100,9 @@ def time_gradient_sums(world) -> dict[str, float]:
     spent = {"seconds": 0.0}
     sync = world.sync_gradients
 
-    def timed(params) -> None:
+    def timed(*args) -> None:
         started = time.perf_counter()
-        sync(params)
+        sync(*args)
         spent["seconds"] += time.perf_counter() - started
 
     object.__setattr__(world, "sync_gradients", timed)  # World is a frozen dataclass
