@@ -51,13 +51,15 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--intermediate", type=int, default=3072)
-    parser.add_argument("--rows", type=int, default=32)
+    parser.add_argument(
+        "--rows", default="16,32", help="row counts to measure (two or more: the cost per row)"
+    )
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     args = parser.parse_args()
 
     _, tokenizer = load_pretrained("minilm-l6")  # bert-base-uncased's vocabulary
     shape = BertConfig(
-        vocab_size=tokenizer.vocab_size,
+        vocab_size=len(tokenizer),
         hidden_size=args.hidden,
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
@@ -79,20 +81,25 @@ def main() -> None:
         print(f"parameters {params / 1e6:.1f}M ({trained / 1e6:.1f}M trained)")
         print(f"weights + gradients + AdamW moments (fp32): {16 * trained / GB:.2f} GB")
         trainer.model.train()
+        counts = [int(n) for n in args.rows.split(",")]
         for task in config.train.tasks:
-            objective = trainer.objectives[task]
-            rows = trainer.streams[objective.source].take_rows(args.rows)
-            saved = SavedBytes()
-            with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
-                parts, total = trainer._micro_loss(task, rows, 1.0)
-            tokens = sum(
-                len(part[r]) for part in trainer.streams[task].data.sequences for r in rows
-            )
+            stream = trainer.streams[trainer.objectives[task].source]
+            rows = stream.take_rows(max(counts))
+            saved_bytes = []
+            for n in counts:  # the first n rows of one batch: the counts share their rows
+                saved = SavedBytes()
+                with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+                    parts, total = trainer._micro_loss(task, rows[:n], 1.0)
+                tokens = sum(len(part[r]) for part in stream.data.sequences for r in rows[:n])
+                print(f"{task}: {n} rows, {tokens} real tokens: saved {saved.total / GB:.3f} GB")
+                saved_bytes.append(saved.total)
+                del parts, total
+            per_row = (saved_bytes[-1] - saved_bytes[0]) / (counts[-1] - counts[0])
+            fixed = saved_bytes[0] - per_row * counts[0]
             print(
-                f"{task}: {args.rows} rows, {tokens} real tokens: activations "
-                f"{saved.total / GB:.3f} GB, {saved.total / args.rows / 1e6:.1f} MB a row"
+                f"{task}: {per_row / 1e6:.1f} MB a row, plus {fixed / GB:.3f} GB whatever the "
+                "rows (the bf16 copies of the weights autocast keeps for the backward pass)"
             )
-            del parts, total
 
 
 if __name__ == "__main__":
