@@ -5,6 +5,7 @@ test-only changes chosen by the options before ``--``:
   --kill R:S         rank R kills itself (SIGKILL) as it starts step S
   --watch DIR        ranks other than 0 fail on any write under DIR
   --rank1-set K=V    rank 1 alone gets one more --set (a config that differs between ranks)
+  --pause S          rank 0 sleeps S seconds before each step (time for a test to signal)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from minbert.cli import main
@@ -37,6 +39,17 @@ def kill_at(rank: int, step: int) -> None:
     def _train_step(self, plan):
         if (RANK, self.state.step + 1) == (rank, step):
             os.kill(os.getpid(), signal.SIGKILL)
+        return train_step(self, plan)
+
+    Trainer.train_step = _train_step
+
+
+def pause_each_step(seconds: float) -> None:
+    train_step = Trainer.train_step
+
+    def _train_step(self, plan):
+        if RANK == 0:
+            time.sleep(seconds)
         return train_step(self, plan)
 
     Trainer.train_step = _train_step
@@ -75,6 +88,7 @@ if __name__ == "__main__":
     parser.add_argument("--kill")
     parser.add_argument("--watch", type=Path)
     parser.add_argument("--rank1-set")
+    parser.add_argument("--pause", type=float)
     options, argv = parser.parse_known_args()
     argv = argv[1:] if argv[:1] == ["--"] else argv
     if options.double:
@@ -82,6 +96,8 @@ if __name__ == "__main__":
     if options.kill:
         rank, step = map(int, options.kill.split(":"))
         kill_at(rank, step)
+    if options.pause:
+        pause_each_step(options.pause)
     if options.watch and RANK != 0:
         forbid_writes(options.watch)
     if options.rank1_set and RANK == 1:

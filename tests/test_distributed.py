@@ -4,6 +4,7 @@ command line (tests/ddp_child.py is each rank)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,6 +46,11 @@ def overrides(root: Path, *extra: str) -> list[str]:
 
 def torchrun(out: Path, sets: list[str], *options: str, resume: bool = False, ranks: int = 2):
     """``minbert train`` on ``ranks`` torchrun ranks; the completed process (not checked)."""
+    command, env = torchrun_command(out, sets, *options, resume=resume, ranks=ranks)
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+
+
+def torchrun_command(out, sets, *options, resume=False, ranks=2) -> tuple[list[str], dict]:
     train = ["train", "--resume", str(out)] if resume else ["train", "--out", str(out)]
     for s in [] if resume else sets:
         train += ["--set", s]
@@ -61,8 +67,7 @@ def torchrun(out: Path, sets: list[str], *options: str, resume: bool = False, ra
         "--",
         *train,
     ]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    return command, os.environ | {"OMP_NUM_THREADS": "1"}
 
 
 def one_process(root: Path, out: Path, *extra: str) -> dict[str, torch.Tensor]:
@@ -123,6 +128,33 @@ def test_a_run_killed_on_one_rank_resumes_to_the_same_weights(tiny_setup, tmp_pa
     assert_same_weights(final_weights(out), alone, 1e-6)
     with pytest.raises(TrainingError, match=r"saved by 2 rank\(s\); resume it with"):
         Trainer(load_config(RunDir(out).config), out, resume=True)  # one process
+
+
+def test_sigterm_to_torchrun_stops_every_rank_after_a_step_and_resumes(tiny_setup, tmp_path):
+    out = tmp_path / "two"
+    alone = one_process(tiny_setup, tmp_path / "one", "train.epochs=4")
+    sets = overrides(tiny_setup, "train.epochs=4")
+    command, env = torchrun_command(out, sets, "--double", "--pause", "0.3")
+    child = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while not RunDir(out).read_metrics() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first epoch scored: well inside the run
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode != 0
+    step = load_state(RunDir(out).last)["run"]["step"]
+    assert 6 <= step < 24
+    assert f"SIGTERM: stopped after step {step}" in stderr
+    assert f"Resume with: torchrun --nproc_per_node=2 -m minbert train --resume {out}" in stderr
+    resumed = torchrun(out, [], "--double", resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(final_weights(out), alone, 1e-6)
 
 
 def test_ranks_launched_with_different_configs_stop_naming_the_line(tiny_setup, tmp_path):

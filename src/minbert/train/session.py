@@ -24,13 +24,14 @@ log = logging.getLogger(__name__)
 class TrainingInterrupted(RuntimeError):
     """SIGINT/SIGTERM: the run stopped at a safe point with its state saved for ``--resume``."""
 
-    def __init__(self, signum: int, out: Path, step: int, during: str = ""):
+    def __init__(self, signum: int, out: Path, step: int, during: str = "", ranks: int = 1):
         self.signum = signum
         name = signal.Signals(signum).name
         where = f"stopped {during}" if during else f"stopped after step {step}"
+        launch = f"torchrun --nproc_per_node={ranks} -m minbert" if ranks > 1 else "minbert"
         super().__init__(
             f"{name}: {where}; the state after step {step} is saved in {RunDir(out).last}. "
-            f"Resume with: minbert train --resume {out}"
+            f"Resume with: {launch} train --resume {out}"
         )
 
 

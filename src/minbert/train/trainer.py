@@ -380,7 +380,8 @@ class Trainer:
             self._stop(signum, during)
 
     def _stop(self, signum: int, during: str = "") -> None:
-        raise TrainingInterrupted(signum, self.run_dir.root, self.state.step, during)
+        step, ranks = self.state.step, self.world.size
+        raise TrainingInterrupted(signum, self.run_dir.root, step, during, ranks)
 
     def _run_epoch(self) -> None:
         cfg = self.config.train
