@@ -6,6 +6,7 @@ test-only changes chosen by the options before ``--``:
   --watch DIR        ranks other than 0 fail on any write under DIR
   --rank1-set K=V    rank 1 alone gets one more --set (a config that differs between ranks)
   --pause S          rank 0 sleeps S seconds before each step (time for a test to signal)
+  --fail-build R     rank R alone fails while it reads its inputs
 """
 
 from __future__ import annotations
@@ -55,6 +56,17 @@ def pause_each_step(seconds: float) -> None:
     Trainer.train_step = _train_step
 
 
+def fail_build(rank: int) -> None:
+    build = Trainer._build
+
+    def _build(self, *args):
+        if rank == RANK:
+            raise FileNotFoundError(f"rank {RANK} cannot read its data (injected)")
+        build(self, *args)
+
+    Trainer._build = _build
+
+
 def forbid_writes(folder: Path) -> None:
     """An audit hook: opening a file under ``folder`` for writing, or making, renaming or
     removing anything there, raises."""
@@ -89,6 +101,7 @@ if __name__ == "__main__":
     parser.add_argument("--watch", type=Path)
     parser.add_argument("--rank1-set")
     parser.add_argument("--pause", type=float)
+    parser.add_argument("--fail-build", type=int)
     options, argv = parser.parse_known_args()
     argv = argv[1:] if argv[:1] == ["--"] else argv
     if options.double:
@@ -96,6 +109,8 @@ if __name__ == "__main__":
     if options.kill:
         rank, step = map(int, options.kill.split(":"))
         kill_at(rank, step)
+    if options.fail_build is not None:
+        fail_build(options.fail_build)
     if options.pause:
         pause_each_step(options.pause)
     if options.watch and RANK != 0:

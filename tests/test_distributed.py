@@ -165,6 +165,16 @@ def test_ranks_launched_with_different_configs_stop_naming_the_line(tiny_setup, 
     assert not RunDir(tmp_path / "run").config.exists()
 
 
+def test_a_rank_failing_alone_stops_every_rank_and_rank_0_names_it(tiny_setup, tmp_path):
+    started = time.monotonic()
+    done = torchrun(tmp_path / "run", overrides(tiny_setup), "--fail-build", "1")
+    assert done.returncode != 0
+    assert time.monotonic() - started < 120
+    said = "error: rank 1 of 2 failed: FileNotFoundError: rank 1 cannot read its data (injected)"
+    assert said in done.stderr
+    assert not RunDir(tmp_path / "run").config.exists()  # rank 0 claimed nothing
+
+
 def test_a_batch_smaller_than_the_world_is_refused_on_every_rank(tiny_setup, tmp_path):
     done = torchrun(tmp_path / "run", overrides(tiny_setup, "train.batch_size=1"))
     assert done.returncode != 0
