@@ -18,8 +18,9 @@ import contextlib
 import datetime
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from minbert.settings import ConfigError
 from minbert.train.state import TrainingError
 
 T = TypeVar("T")
@@ -73,6 +75,14 @@ class World:
         return device
 
     # -- the data of a step ---------------------------------------------------------------------
+
+    def check_step_rows(self, rows: int) -> None:
+        """A task step of ``rows`` rows gives every rank some."""
+        if rows < self.size:
+            raise ConfigError(
+                f"train.batch_size × train.accumulate_steps = {rows} row(s) a task step, fewer "
+                f"than the {self.size} ranks: every rank needs rows of every step"
+            )
 
     def shard(self, rows: np.ndarray) -> np.ndarray:
         """This rank's contiguous part of a step's rows (parts differ by one row at most
@@ -126,15 +136,15 @@ class World:
     def any_true(self, flag: bool) -> bool:
         return bool(self.max_int(int(flag)))
 
-    def sync_gradients(
-        self, params: Sequence[nn.Parameter], row_sparse: Sequence[nn.Parameter] = ()
-    ) -> None:
-        """Sum every parameter's ``.grad`` over the ranks. A parameter with a gradient on any
-        rank gets one on all (zeros where it had none); one with none anywhere keeps None,
-        so the optimiser skips it as it would in one process. The ``row_sparse`` ones
-        (embedding tables) send only the rows that some rank's gradient touches."""
+    def sync_gradients(self, model: nn.Module) -> None:
+        """Sum the ``.grad`` of every trainable parameter of ``model`` over the ranks. A
+        parameter with a gradient on any rank gets one on all (zeros where it had none); one
+        with none anywhere keeps None, so the optimiser skips it as it would in one process.
+        Embedding tables send only the rows that some rank's gradient touches."""
+        params = [p for p in model.parameters() if p.requires_grad]
         if not self.distributed or not params:
             return
+        row_sparse = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
         present = torch.tensor(
             [p.grad is not None for p in params], dtype=torch.uint8, device=self._comm_device()
         )
@@ -166,6 +176,23 @@ class World:
         part = grad.index_select(0, rows)
         _collective(dist.all_reduce, part)
         grad.index_copy_(0, rows, part)
+
+    def gather_rng(self, rng: dict) -> dict:
+        """The checkpoint's generators (collective): ``rng`` (rank 0's), and under torchrun
+        every rank's as ``rng_ranks``, since each rank draws its own dropout masks."""
+        ranks = self.gather_object(rng)
+        return {"rng": rng, "rng_ranks": ranks} if self.distributed else {"rng": rng}
+
+    def own_rng(self, state: dict, where: Path) -> dict:
+        """This rank's generators from a checkpoint saved in ``where`` (a one-process
+        checkpoint has rank 0's alone)."""
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        if len(ranks) != self.size:
+            raise TrainingError(
+                f"{where} was saved by {len(ranks)} rank(s); resume it with "
+                f"--nproc_per_node/--nnodes giving {len(ranks)} rank(s), not {self.size}"
+            )
+        return ranks[self.rank]
 
     def broadcast_module(self, module: nn.Module) -> None:
         """Rank 0's parameters and buffers on every rank (as DDP does at the start)."""

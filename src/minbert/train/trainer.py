@@ -111,11 +111,7 @@ class Trainer:
     def _build(self, config: Config, callbacks: list[Callback]) -> None:
         """Everything the run needs, every input read (train, dev and test files, weights)."""
         t = config.train
-        if (rows := t.batch_size * t.accumulate_steps) < self.world.size:
-            raise ConfigError(
-                f"train.batch_size × train.accumulate_steps = {rows} row(s) a task step, fewer "
-                f"than the {self.world.size} ranks: every rank needs rows of every step"
-            )
+        self.world.check_step_rows(t.batch_size * t.accumulate_steps)
         seed_everything(config.train.seed)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
@@ -138,8 +134,6 @@ class Trainer:
         if config.train.log_conflicts_every and not self.model.shared_parameters():
             raise ConfigError("train.log_conflicts_every: no shared parameter trains")
         self.streams = training_streams(config, self.train_data, self.tokenizer)
-        tables = (m.weight for m in self.model.modules() if isinstance(m, torch.nn.Embedding))
-        self._embedding_tables = [w for w in tables if w.requires_grad]
         precision = functools.partial(autocast, self.device, self.bf16)
         self.objectives = build_objectives(config, self.model, precision)
         self.plans = plan_epochs(t, {task: len(s) for task, s in self.streams.items()})
@@ -192,18 +186,14 @@ class Trainer:
     def _training_state(self) -> dict:
         """The state to save (collective: rank 0 gathers every rank's random generators)."""
         parts = {key: part.state_dict() for key, part in self._parts().items()}
-        state = {"run": asdict(self.state), "rng": rng_state(), **parts}
-        ranks = self.world.gather_object(state["rng"])
-        if self.world.distributed:  # each rank draws its own dropout masks
-            state["rng_ranks"] = ranks
-        return state
+        return {"run": asdict(self.state), **self.world.gather_rng(rng_state()), **parts}
 
     def _restore(self, state: dict) -> None:
         state = upgrade_state(state)
         for key, part in self._parts().items():
             part.load_state_dict(state[key])
         self.state = RunState(**state["run"])
-        set_rng_state(self._own_rng(state))
+        set_rng_state(self.world.own_rng(state, self.run_dir.last))
         if self.world.is_main:
             # Epoch records written after the checkpoint are redone (identically) by the resume.
             kept = [r for r in self.run_dir.read_metrics() if r["epoch"] < self.state.epoch]
@@ -216,16 +206,6 @@ class Trainer:
             st.epoch,
             st.step_in_epoch,
         )
-
-    def _own_rng(self, state: dict) -> dict:
-        """This rank's generators from a checkpoint (rank 0's of a one-process run)."""
-        ranks = state.get("rng_ranks") or [state["rng"]]
-        if len(ranks) != self.world.size:
-            raise TrainingError(
-                f"{self.run_dir.last} was saved by {len(ranks)} rank(s); resume it with "
-                f"--nproc_per_node/--nnodes giving {len(ranks)} rank(s), not {self.world.size}"
-            )
-        return ranks[self.world.rank]
 
     def save_checkpoint(self) -> None:
         """Write ``RUN/last/`` (atomically; rank 0, with every rank's part gathered). A model
@@ -279,9 +259,7 @@ class Trainer:
                 for part, value in named.items():  # each part as a mean over the whole step
                     into, key = (losses, name) if part == "loss" else (terms, f"{name}.{part}")
                     into[key] = into.get(key, 0.0) + value.item() * micro[name][i][1]
-        self.world.sync_gradients(
-            [p for p in self.model.parameters() if p.requires_grad], self._embedding_tables
-        )
+        self.world.sync_gradients(self.model)
         losses, terms = self.world.sum_floats(losses), self.world.sum_floats(terms)
         trained = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
         if self.config.train.max_grad_norm:
@@ -376,8 +354,12 @@ class Trainer:
     def _stop_if_signalled(self, during: str = "") -> None:
         """After a stop signal to any rank: raise ``TrainingInterrupted`` on every rank (the
         state is saved already)."""
-        if signum := self.world.max_int(self.signals.received or 0):
+        if signum := self._agreed_signal():
             self._stop(signum, during)
+
+    def _agreed_signal(self) -> int:
+        """The stop signal any rank received (0: none); every rank calls it at one point."""
+        return self.world.max_int(self.signals.received or 0)
 
     def _stop(self, signum: int, during: str = "") -> None:
         step, ranks = self.state.step, self.world.size
@@ -407,7 +389,7 @@ class Trainer:
             bar.set_postfix(
                 {t: f"{st.loss_sum[t] / st.loss_count[t]:.3f}" for t in losses}, refresh=False
             )
-            if signum := self.world.max_int(self.signals.received or 0):
+            if signum := self._agreed_signal():
                 bar.close()
                 self.save_checkpoint()
                 self._stop(signum)
