@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.minbert-installed
 SHARED_DATA := ../shared/data/minbert
 SHARED_NLTK := ../shared/data/nltk_data
+SHARED_WIKI := ../shared/data/wiki
 
 .PHONY: setup data demo test lint format clean
 
@@ -26,6 +27,8 @@ data:
 	     echo "from github.com/gpoesia/minbert-default-final-project (folder data/) into ./data/"; exit 1; fi
 	@# WordNet for augmentation (augment.*.synonym / insert); nothing else needs it
 	@if [ ! -e nltk_data ] && [ -d $(SHARED_NLTK) ]; then ln -sfn $(abspath $(SHARED_NLTK)) nltk_data && echo "nltk_data/ -> $(SHARED_NLTK)"; fi
+	@# Wikipedia sentences for unsupervised SimCSE (configs/pretrain-simcse-unsup.toml)
+	@if [ ! -e wiki ] && [ -d $(SHARED_WIKI) ]; then ln -sfn $(abspath $(SHARED_WIKI)) wiki && echo "wiki/ -> $(SHARED_WIKI)"; fi
 
 # A second `make demo` never retrains over the first: a finished runs/demo shows its scores,
 # a stopped one resumes. `make demo DEMO=runs/other` trains another.

@@ -43,7 +43,7 @@ def test_resolved_config_round_trips(tmp_path):
         ),
         ("model.attention=flash", r"model.attention: 'flash'.*'sdpa', 'manual'"),
         ("train.tasks=['sst','mnli']", r"unknown task 'mnli'"),
-        ("train.tasks=[]", r"at least one task"),
+        ("train.tasks=[]", r"train.tasks is empty and no pre-training objective"),
         ("heads.sst.kind=cosine", r"heads.sst.kind: 'cosine' needs a bi-encoded pair task"),
         ("heads.mnli.kind=linear", r"heads.mnli: unknown task"),
         ("train.task_weights={sts=2.0}", r"train.task_weights.sts: not one of train.tasks"),

@@ -14,6 +14,7 @@ from minbert.eval.report import (
     ReportError,
     bucket_errors,
     confusion_matrix,
+    ordered_keys,
     score_edges,
     worst_errors,
     write_report,
@@ -243,3 +244,138 @@ def test_unfinished_run_gets_a_partial_report(run_dir):
 def test_missing_config_is_an_error(tmp_path):
     with pytest.raises(ReportError, match="config.toml: not found"):
         write_report(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs that train pre-training objectives: alone (minbert pretrain) or beside tasks.
+
+PRETRAIN_DEV = {
+    "mlm_accuracy": 0.034,
+    "mlm_perplexity": 2388.42,
+    "sts_zeroshot_pearson": 0.83,
+    "sts_zeroshot_spearman": 0.80,
+}
+
+
+def _write_run(run, overrides: list[str], records: list[dict], best_epoch: int | None) -> None:
+    """A run folder by hand: config.toml, metrics.jsonl and (if ``best_epoch``) final.json."""
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.toml").write_text(load_config(None, overrides).to_toml(), encoding="utf-8")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if best_epoch:
+        final = {"best_epoch": best_epoch, "dev": records[best_epoch - 1]["dev"]}
+        (run / "final.json").write_text(json.dumps(final | {"device": "cpu", "bf16": False}))
+
+
+def _pretrain_records(epochs: int = 2) -> list[dict]:
+    return [
+        {
+            "epoch": epoch,
+            "step": 30 * epoch,
+            "train_loss": {"mlm": 9.0 / epoch},
+            "examples": {"mlm": 960},
+            "planned_examples": {"mlm": 960},
+            "dev": {k: v * (1 + 0.1 * epoch) for k, v in PRETRAIN_DEV.items()},
+            "train_seconds": 16.8,
+        }
+        for epoch in range(1, epochs + 1)
+    ]
+
+
+MLM_RUN = ["train.tasks=[]", "pretrain.mlm.weight=1", "train.select_by='mlm_accuracy'"]
+
+
+def _before_config(summary: str) -> str:
+    return summary.split("## Resolved config")[0]
+
+
+def test_pretraining_run_report_names_its_objectives_and_metrics(tmp_path):
+    run = tmp_path / "pre"
+    _write_run(run, MLM_RUN, _pretrain_records(), best_epoch=2)
+    out = write_report(run)
+    assert {p.name for p in out.iterdir()} == {"summary.md", "curves.png"}
+    _assert_png(out / "curves.png")
+    summary = _before_config((out / "summary.md").read_text(encoding="utf-8"))
+    assert "Objectives: mlm (pre-training, no task)." in summary
+    assert "Tasks:" not in summary
+    for label in (
+        "| MLM masked-token accuracy (held-out text) | 0.0408 |",
+        "| MLM perplexity (held-out text; lower is better) | 2866.10 |",
+        "| zero-shot STS Pearson r (cosine of pooled embeddings) |",
+        "| zero-shot STS Spearman rho (cosine of pooled embeddings) |",
+    ):
+        assert label in summary
+    assert "chosen by MLM accuracy (train.select_by = `mlm_accuracy`)" in summary
+    assert "overall" not in summary  # no task: no mean over tasks, and no note about one
+    assert (
+        "| epoch | mlm loss | MLM accuracy | MLM perplexity | zero-shot STS r | "
+        "zero-shot STS rho | train s |"
+    ) in summary
+    assert "| 1 | 9.0000 | 0.0374 | 2627.26 |" in summary
+    assert "| epoch | mlm |\n|---|---|\n| 1 | 960 |" in summary
+    assert "Worst dev errors" not in summary
+
+
+def test_pretraining_run_with_two_objectives_and_no_final(tmp_path):
+    run = tmp_path / "pre"
+    overrides = [
+        "train.tasks=[]",
+        "pretrain.mlm.weight=0.5",
+        "pretrain.simcse.weight=1",
+        "pretrain.simcse.tasks=['sts']",
+        "train.select_by='sts_zeroshot_spearman'",
+    ]
+    records = _pretrain_records(1)
+    records[0]["train_loss"]["simcse"] = 2.5
+    records[0]["examples"]["simcse"] = 640
+    _write_run(run, overrides, records, best_epoch=None)
+    summary = _before_config((write_report(run) / "summary.md").read_text(encoding="utf-8"))
+    assert (
+        "Objectives: mlm, simcse unsup (pre-training, no task; loss weights mlm 0.5, simcse 1)."
+    ) in summary
+    assert "Run not finished" in summary and "overall" not in summary
+    assert "chosen by zero-shot STS rho (train.select_by = `sts_zeroshot_spearman`)" in summary
+    assert "| epoch | mlm loss | simcse loss | MLM accuracy |" in summary
+    assert "| epoch | mlm | simcse |\n|---|---|---|\n| 1 | 960 | 640 |" in summary
+
+
+def test_task_run_with_an_auxiliary_objective_lists_it(run_dir):
+    data_dir = run_dir.parent / "data"
+    config = load_config(
+        None,
+        [
+            "train.tasks=['sst', 'quora', 'sts']",
+            f"data.dir='{data_dir}'",
+            f"data.dev_limit={DEV_LIMIT}",
+            "pretrain.mlm.weight=0.5",
+            "pretrain.mlm.share=0.25",
+        ],
+    )
+    (run_dir / "config.toml").write_text(config.to_toml(), encoding="utf-8")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for r in records:  # what the trainer logs for an auxiliary objective
+        r["train_loss"]["mlm"] = 4.0
+        r["examples"]["mlm"] = 24
+        r["planned_examples"]["mlm"] = 24
+        r["dev"] |= {"mlm_accuracy": 0.3, "mlm_perplexity": 55.0}
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    final = json.loads((run_dir / "final.json").read_text())
+    (run_dir / "final.json").write_text(json.dumps(final | {"dev": records[-1]["dev"]}))
+
+    out = write_report(run_dir)
+    summary = _before_config((out / "summary.md").read_text(encoding="utf-8"))
+    assert "Tasks: sst, quora, sts; auxiliary: mlm (share 0.25, weight 0.5)." in summary
+    assert "| overall (leaderboard) | 0.7000 |" in summary  # the task rows stay
+    assert "| MLM masked-token accuracy (held-out text) | 0.3000 |" in summary
+    assert "(MLM accuracy, MLM perplexity) are not in either" in summary
+    assert "| epoch | sst loss | quora loss | sts loss | mlm loss | sst accuracy |" in summary
+    assert "overall (leaderboard) | MLM accuracy | MLM perplexity | train s |" in summary
+    assert "| epoch | sst | quora | sts | mlm |" in summary
+    for task in ("sst", "quora", "sts"):
+        assert f"### {task} (" in summary
+    _assert_png(out / "curves.png")
+
+
+def test_ordered_keys_keep_the_named_first_then_numbers_as_they_appear():
+    dicts = [{"sst": 1.0, "mlm": 2.0}, None, {"simcse": 3, "note": "text", "flag": True}]
+    assert ordered_keys(["sst", "quora"], dicts) == ["sst", "quora", "mlm", "simcse"]

@@ -32,11 +32,21 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return "\n".join(f"  {labels.get(k, k):<{width}}  {v:.4f}" for k, v in metrics.items())
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+# What ``minbert pretrain`` starts from before its config file: a run of no task, whose best
+# epoch is the one with the best zero-shot STS dev score unless the file says otherwise.
+PRETRAIN_BASE = {"train": {"tasks": [], "select_by": "sts_zeroshot_spearman"}}
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    return cmd_train(args, pretrain=True)
+
+
+def cmd_train(args: argparse.Namespace, pretrain: bool = False) -> int:
     from minbert.run.layout import RunDir
     from minbert.train.session import collecting_logs, logging_to
     from minbert.train.trainer import Trainer, TrainingInterrupted
 
+    command = "pretrain" if pretrain else "train"
     if args.resume:
         if args.config or args.set or (args.out and Path(args.out) != Path(args.resume)):
             raise ConfigError("--resume continues a run as it was configured: drop --config/--set")
@@ -45,9 +55,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{out}: not a run folder (no config.toml)")
         config = load_config(RunDir(out).config)
     elif args.out:
-        out, config = Path(args.out), load_config(args.config, args.set)
+        out = Path(args.out)
+        config = load_config(args.config, args.set, PRETRAIN_BASE if pretrain else None)
     else:
-        raise ConfigError("give --out RUN for a new run, or --resume RUN")
+        raise ConfigError(f"give --out RUN for a new run, or --resume RUN ({command})")
+    if pretrain and config.train.tasks:
+        raise ConfigError(
+            f"train.tasks: minbert pretrain trains no task (got {config.train.tasks}); to add "
+            "mlm or simcse to task training, use minbert train with pretrain.<name>.weight"
+        )
+    if not pretrain and not config.train.tasks:
+        raise ConfigError("train.tasks: empty; a run of no task is `minbert pretrain`")
     resume = bool(args.resume)
     world = join_world(config)
     try:
@@ -172,9 +190,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.quantize:
         raise UsageError("--quantize applies to --format onnx")
 
+    mlm_head = None
     try:  # a run folder or model directory, else a pretrained model name or HF directory
         model, tokenizer, _ = load_model_dir(args.source)
         encoder = model.encoder
+        mlm_head = dict(model.objective_heads.items()).get("mlm")
         own = [t for t, head in model.heads.items() if head.own_layers is not None]
         if own:
             print(
@@ -183,8 +203,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             )
     except FileNotFoundError:
         encoder, tokenizer = load_pretrained(args.source)
-    out = export_pretrained(encoder, tokenizer, args.out)
-    print(f"wrote a Hugging Face BERT directory to {out}")
+    out = export_pretrained(encoder, tokenizer, args.out, mlm_head)
+    kind = "BertForMaskedLM (encoder and MLM head)" if mlm_head is not None else "BERT"
+    print(f"wrote a Hugging Face {kind} directory to {out}")
     return 0
 
 
@@ -369,25 +390,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a model as a config says")
-    train.add_argument("--config", help="TOML config file (default: built-in defaults)")
-    train.add_argument("--out", help="run folder to create")
-    train.add_argument(
+    run_options = argparse.ArgumentParser(add_help=False)
+    run_options.add_argument("-h", "--help", action="help", help="show this help and exit")
+    run_options.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    run_options.add_argument("--out", help="run folder to create")
+    run_options.add_argument(
         "--resume", metavar="RUN", help="continue a stopped run from RUN/last/ (exactly)"
     )
-    train.add_argument(
+    run_options.add_argument(
         "--overwrite",
         action="store_true",
         help="replace the run already in --out (removed once the new run's inputs are read)",
     )
-    train.add_argument(
+    run_options.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set train.lr=3e-5 (repeatable)",
     )
+    train = sub.add_parser(
+        "train", help="train a model as a config says", parents=[run_options], add_help=False
+    )
     train.set_defaults(func=cmd_train)
+
+    pre = sub.add_parser(
+        "pretrain",
+        help="pre-train the encoder (MLM, SimCSE) into a run that model.name can start from",
+        parents=[run_options],
+        add_help=False,
+    )
+    pre.set_defaults(func=cmd_pretrain)
 
     ev = sub.add_parser("eval", help="recompute metrics of a trained run")
     ev.add_argument("run", help="run folder (or a model directory)")

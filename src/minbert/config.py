@@ -22,6 +22,7 @@ from minbert.config_renames import move_renamed_keys
 from minbert.data.augment import AugmentConfig
 from minbert.data.tasks import TASKS
 from minbert.model.heads import HeadSpec
+from minbert.objectives.pretraining import PretrainConfig
 from minbert.objectives.smart import SmartConfig
 from minbert.objectives.task import TaskObjectiveConfig, check_task_objective
 from minbert.settings import (  # noqa: F401  (describe, parse_override: public here)
@@ -159,7 +160,9 @@ class UncertaintyConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    tasks: list[str] = _field(["sst"], "tasks trained together")
+    tasks: list[str] = _field(
+        ["sst"], "tasks trained together (none: a pre-training run, minbert pretrain)"
+    )
     epochs: int = _field(3, "passes of the task schedule", min=1)
     max_steps: int = _field(0, "stop after this many optimiser steps (0: no limit)", min=0)
     batch_size: int = _field(32, "examples per task batch", min=1)
@@ -293,14 +296,17 @@ class Config:
     augment: dict[str, AugmentConfig] = field(
         default_factory=lambda: {name: AugmentConfig() for name in TASKS}
     )
+    pretrain: PretrainConfig = field(
+        default_factory=PretrainConfig,
+        metadata={"doc": "pre-training objectives (MLM, SimCSE): alone, or beside the tasks"},
+    )
 
     def __post_init__(self) -> None:
         known = sorted(TASKS)
         for task in self.train.tasks:
             if task not in TASKS:
                 raise ConfigError(f"train.tasks: unknown task {task!r}; known: {known}")
-        if not self.train.tasks:
-            raise ConfigError("train.tasks: name at least one task")
+        self.pretrain.check(bool(self.train.tasks))
         if len(set(self.train.tasks)) != len(self.train.tasks):
             raise ConfigError(f"train.tasks: repeated task in {self.train.tasks}")
         for table in TASK_TABLES:
@@ -324,6 +330,15 @@ class Config:
                 "train.log_conflicts_every: a frozen encoder has no shared gradients to compare"
             )
         train.smart.check()
+        if (
+            train.tasks
+            and self.pretrain.enabled()
+            and train.strategy in ("gradnorm", "uncertainty")
+        ):
+            raise ConfigError(
+                f"train.strategy: {train.strategy} weighs train.tasks alone; beside "
+                f"pretrain.{self.pretrain.enabled()[0]}, use sum, weighted or pcgrad"
+            )
         if len(train.betas) != 2 or not all(0 <= b < 1 for b in train.betas):
             raise ConfigError(f"train.betas: two values in [0, 1), got {train.betas}")
         if train.accumulate_steps > 1 and train.strategy not in ACCUMULATING_STRATEGIES:
@@ -333,7 +348,8 @@ class Config:
             )
         if not train.trainable:
             raise ConfigError("train.trainable: name at least one pattern (e.g. '*')")
-        allowed = selectable_metrics(train.tasks)
+        allowed = selectable_metrics(train.tasks) if train.tasks else []
+        allowed += self.pretrain.metrics(bool(train.tasks))
         if train.select_by not in allowed:
             raise ConfigError(
                 f"train.select_by: {train.select_by!r} is not allowed; choose one of {allowed}"
@@ -393,10 +409,13 @@ class Config:
         return TASKS[task].is_pair and self.head(task).encoding == "bi"
 
     def to_dict(self) -> dict:
-        """Every setting, with the task tables of the trained tasks only."""
+        """Every setting, with the task tables of the trained tasks only (and the pretrain
+        table only when it switches an objective on)."""
         data = dataclasses.asdict(self)
         for table in TASK_TABLES:
             data[table] = {t: v for t, v in data[table].items() if t in self.train.tasks}
+        if not self.pretrain.enabled():
+            del data["pretrain"]
         return data
 
     def unused_task_tables(self) -> list[str]:
@@ -419,6 +438,17 @@ class Config:
         return tomli_w.dumps(self.to_dict())
 
 
+def merge_tables(under: dict, over: dict) -> dict:
+    """``over``'s keys on top of ``under``'s, table by table."""
+    out = deep_copy(under)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_tables(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     data = deep_copy(data)
     for text in overrides:
@@ -436,9 +466,12 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict | None = None,
 ) -> Config:
-    """Defaults, then the TOML file (if any), then ``key=value`` overrides."""
+    """Defaults, then ``base`` (a command's own defaults), then the TOML file (if any), then
+    ``key=value`` overrides."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -450,6 +483,8 @@ def load_config(
             raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    if base:
+        data = merge_tables(base, data)
     try:
         return config_from_dict(data, overrides)
     except ConfigError as exc:

@@ -114,11 +114,14 @@ class EncodedTask:
         return Batch(segments, labels, rows)
 
 
-def hold_out(data: EncodedTask, fraction: float, seed: int) -> tuple[EncodedTask, EncodedTask]:
-    """A seeded random ``fraction`` of the rows split off (as split ``heldout``) from the rest,
-    each part in file order."""
+def hold_out(
+    data: EncodedTask, fraction: float, seed: int, most: int = 0
+) -> tuple[EncodedTask, EncodedTask]:
+    """A seeded random ``fraction`` of the rows (at most ``most``, if set) split off (as
+    split ``heldout``) from the rest, each part in file order."""
     rng = np.random.default_rng([seed, *data.task.encode(), *b"heldout"])
     count = min(len(data) - 1, max(1, round(fraction * len(data))))
+    count = min(count, most) if most else count
     held = np.sort(rng.permutation(len(data))[:count])
     kept = np.setdiff1d(np.arange(len(data)), held)
     return data.subset(kept, data.split), data.subset(held, "heldout")

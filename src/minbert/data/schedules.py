@@ -99,18 +99,36 @@ def plan_epoch(
     raise ValueError(f"unknown schedule {schedule!r}; use sequential, round_robin or interleaved")
 
 
-def plan_epochs(train, sizes: dict[str, int]) -> list[list[Step]]:
+def plan_epochs(
+    train, sizes: dict[str, int], auxiliary: dict[str, float] | None = None
+) -> list[list[Step]]:
     """Every epoch's steps as ``train`` (the config's ``train`` table) says, cut short at
     ``max_steps``. A step takes ``batch_size * accumulate_steps`` rows of a task (split into
-    micro-batches later)."""
+    micro-batches later). ``auxiliary``: objectives that join a share of the steps besides
+    (``with_auxiliary``)."""
     rows = train.batch_size * train.accumulate_steps
     plans = [
-        plan_epoch(
-            train.schedule, sizes, rows, train.sampling, e, train.epochs, train.steps_per_epoch
+        with_auxiliary(
+            plan_epoch(
+                train.schedule, sizes, rows, train.sampling, e, train.epochs, train.steps_per_epoch
+            ),
+            auxiliary or {},
+            rows,
         )
         for e in range(1, train.epochs + 1)
     ]
     return cut_to(plans, train.max_steps) if train.max_steps else plans
+
+
+def with_auxiliary(steps: list[Step], shares: dict[str, float], rows: int) -> list[Step]:
+    """``steps`` with each auxiliary objective added, ``rows`` of it, to its share of them,
+    spread evenly (share 0.25: every fourth step, starting with the fourth)."""
+    out = [dict(step) for step in steps]
+    for name, share in shares.items():
+        for i, step in enumerate(out):
+            if math.floor((i + 1) * share + 1e-9) > math.floor(i * share + 1e-9):
+                step[name] = rows
+    return out
 
 
 def cut_to(plans: list[list[Step]], max_steps: int) -> list[list[Step]]:

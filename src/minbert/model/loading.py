@@ -31,6 +31,7 @@ from torch import Tensor
 from minbert.errors import UserError
 from minbert.model.bert import AttentionImpl, BertConfig, BertModel
 from minbert.model.tokenizer import SPECIAL_TOKENS, Tokenizer, read_vocab_tokens
+from minbert.run.manifest import verify
 
 log = logging.getLogger(__name__)
 
@@ -349,20 +350,54 @@ def load_pretrained(
     (None: keep them); they change training only, not the weights or the function.
     ``ptb_text``: the tokenizer undoes Penn Treebank tokenisation first (``undo_ptb``)."""
     model_dir = resolve_model_dir(name_or_path)
-    config_file = model_dir / "config.json"
+    trained = trained_model_dir(model_dir)
+    if trained is not None:  # a minbert run (its best/) or model directory: its encoder
+        model_dir = trained
+        config_file, weights = model_dir / "encoder.json", model_dir / "model.safetensors"
+        verify(model_dir, f"{model_dir} cannot be used as a pretrained encoder")
+        state = _encoder_part(read_safetensors(weights), weights)
+        lowercase = read_json(model_dir / "meta.json", "meta").get("lowercase", True)
+    else:
+        config_file, weights, state = model_dir / "config.json", None, None
     config = read_config(config_file)
+    if weights is None:
+        weights, lowercase = _weights_file(model_dir), _lowercase(model_dir)
     if hidden_dropout is not None:
         config = dataclasses.replace(config, hidden_dropout_prob=hidden_dropout)
     if attention_dropout is not None:
         config = dataclasses.replace(config, attention_probs_dropout_prob=attention_dropout)
     model = BertModel(config, attention=attention)
-    weights = _weights_file(model_dir)
-    load_encoder_state(model, read_state_dict(weights), str(weights), str(config_file))
+    state = read_state_dict(weights) if state is None else state
+    load_encoder_state(model, state, str(weights), str(config_file))
     vocab_file = model_dir / "vocab.txt"
     check_vocab(vocab_file, config, config_file, weights)
-    tokenizer = Tokenizer(vocab_file, _lowercase(model_dir), ptb_text)
+    tokenizer = Tokenizer(vocab_file, lowercase, ptb_text)
     log.info("loaded %s (%d parameters) from %s", name_or_path, count_parameters(model), model_dir)
     return model.eval(), tokenizer
+
+
+def trained_model_dir(path: Path) -> Path | None:
+    """The minbert model directory at ``path`` (a model directory, or a run folder's
+    ``best/``), or None when ``path`` is not a minbert run; a run that has no trained model
+    yet is an error."""
+    for candidate in (path, path / "best"):
+        if (candidate / "encoder.json").is_file() and (candidate / "config.toml").is_file():
+            return candidate
+    if (path / "config.toml").is_file() and not (path / "config.json").is_file():
+        raise WeightsError(
+            f"{path}: a minbert run without a trained encoder (no best/encoder.json): it has "
+            "not finished its first epoch, or its best/ was removed; finish it with "
+            f"`minbert train --resume {path}` (or `minbert pretrain --resume {path}`)"
+        )
+    return None
+
+
+def _encoder_part(state: dict[str, Tensor], weights: Path) -> dict[str, Tensor]:
+    """The encoder's tensors of a minbert model (``encoder.*``, without the prefix)."""
+    encoder = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    if not encoder:
+        raise WeightsError(f"{weights}: holds no encoder.* tensors; not a minbert model")
+    return encoder
 
 
 def _lowercase(model_dir: Path) -> bool:
@@ -379,13 +414,26 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def export_pretrained(model: BertModel, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
-    """Write the encoder as a Hugging Face directory that ``BertModel.from_pretrained`` loads."""
+def export_pretrained(
+    model: BertModel, tokenizer: Tokenizer, out_dir: str | Path, mlm_head=None
+) -> Path:
+    """Write the encoder as a Hugging Face directory that ``BertModel.from_pretrained`` loads;
+    with ``mlm_head`` (``model/mlm.py``), as ``BertForMaskedLM`` saves itself (encoder under
+    ``bert.``, the head under ``cls.predictions.``), which ``BertModel`` loads too."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    hf_config = model.config.to_hf_dict()
+    if mlm_head is not None:
+        state = {f"bert.{k}": v for k, v in state.items()}
+        # the tied decoder is the word-embedding matrix: safetensors stores each tensor once
+        head = {
+            k: v.detach().contiguous().cpu().clone() for k, v in mlm_head.hf_state_dict().items()
+        }
+        state |= head
+        hf_config["architectures"] = ["BertForMaskedLM"]
     write_safetensors(state, out / "model.safetensors", metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     vocab = sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])
     (out / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab), encoding="utf-8")
     (out / "tokenizer_config.json").write_text(

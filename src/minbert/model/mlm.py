@@ -46,9 +46,11 @@ class MLMHead(nn.Module):
     def decoder_weight(self) -> Tensor:
         return self.word_embeddings[0].weight
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        """(..., H) -> (..., vocab)."""
-        return self.transform(hidden) @ self.decoder_weight.T + self.bias
+    def forward(self, hidden: Tensor, detach_decoder: bool = False) -> Tensor:
+        """(..., H) -> (..., vocab). ``detach_decoder``: no gradient reaches the word
+        embeddings through the tied decoder (the head's warm-up, encoder frozen)."""
+        decoder = self.decoder_weight.detach() if detach_decoder else self.decoder_weight
+        return self.transform(hidden) @ decoder.T + self.bias
 
     def hf_state_dict(self) -> dict[str, Tensor]:
         """The head under Hugging Face's names (the tied decoder written out, as HF saves it)."""

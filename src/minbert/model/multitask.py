@@ -12,10 +12,18 @@ from minbert.model.heads import BiEncoderHead, HeadSpec, build_head
 
 
 class MultiTaskModel(nn.Module):
-    def __init__(self, encoder: BertModel, heads: dict[str, HeadSpec]):
-        """``heads``: task -> its head's spec (``Config.head_specs()``), in task order."""
+    def __init__(
+        self,
+        encoder: BertModel,
+        heads: dict[str, HeadSpec],
+        objective_heads: dict[str, nn.Module] | None = None,
+    ):
+        """``heads``: task -> its head's spec (``Config.head_specs()``), in task order.
+        ``objective_heads``: the pre-training objectives' own modules (the MLM head,
+        SimCSE's MLP), by objective name."""
         super().__init__()
         self.encoder = encoder
+        self.objective_heads = nn.ModuleDict(objective_heads or {})
         self.tasks = list(heads)
         self.heads = nn.ModuleDict({t: build_head(TASKS[t], heads[t], encoder) for t in heads})
         for t in self.tasks:
@@ -80,8 +88,10 @@ class MultiTaskModel(nn.Module):
 
     @staticmethod
     def is_head_parameter(name: str) -> bool:
-        """Parameters trained at ``train.head_lr``: the heads' own, except a task's own
-        copies of encoder layers, which keep the encoder's learning rate."""
+        """Parameters trained at ``train.head_lr``: the heads' own (the objectives' too),
+        except a task's own copies of encoder layers, which keep the encoder's learning rate."""
+        if name.startswith("objective_heads."):
+            return True
         return name.startswith("heads.") and ".own_layers." not in name
 
     def depth_below_top(self, name: str) -> int | None:

@@ -24,6 +24,7 @@ from minbert.model.loading import (
 )
 from minbert.model.multitask import MultiTaskModel
 from minbert.model.tokenizer import Tokenizer
+from minbert.objectives.pretraining import objective_heads
 from minbert.run.atomic import recover, swap_in
 from minbert.run.layout import RunDir
 from minbert.run.manifest import read_checked, verify, write_manifest
@@ -44,7 +45,15 @@ def save_model_dir(
     (tmp / "encoder.json").write_text(json.dumps(model.encoder.config.to_hf_dict(), indent=2))
     shutil.copyfile(tokenizer.vocab_file, tmp / "vocab.txt")
     (tmp / "meta.json").write_text(
-        json.dumps({**meta, "lowercase": tokenizer.lowercase, "tasks": model.tasks}, indent=2)
+        json.dumps(
+            {
+                **meta,
+                "lowercase": tokenizer.lowercase,
+                "tasks": model.tasks,
+                "objective_heads": list(model.objective_heads),
+            },
+            indent=2,
+        )
     )
     write_manifest(tmp)
     swap_in(tmp, out)
@@ -75,10 +84,9 @@ def load_model_dir(run_or_dir: str | Path) -> tuple[MultiTaskModel, Tokenizer, C
     meta = read_checked(model_dir / "meta.json", functools.partial(read_json, what="meta"), advice)
     encoder_json = model_dir / "encoder.json"
     encoder_config = read_checked(encoder_json, read_config, advice)
-    model = MultiTaskModel(
-        BertModel(encoder_config, attention=config.model.attention),
-        config.head_specs(meta["tasks"]),
-    )
+    encoder = BertModel(encoder_config, attention=config.model.attention)
+    extra = objective_heads(config, encoder) if meta.get("objective_heads") else {}
+    model = MultiTaskModel(encoder, config.head_specs(meta["tasks"]), extra)
     weights = model_dir / "model.safetensors"
     state = read_checked(weights, read_safetensors, advice)
     # every way the folder can disagree with itself, named (names, shapes, vocabulary)

@@ -30,6 +30,7 @@ from minbert.eval.evaluate import evaluate
 from minbert.model.loading import load_pretrained
 from minbert.model.multitask import MultiTaskModel
 from minbert.objectives import build_objectives
+from minbert.objectives.pretraining import objective_heads
 from minbert.run import lock
 from minbert.run.layout import RunDir
 from minbert.train.callbacks import Callback, build_callbacks
@@ -129,14 +130,22 @@ class Trainer:
         self.train_data, self.heldout = load_training_data(config, self.tokenizer)
         self.dev_data = {t: load_split(config, t, "dev", self.tokenizer) for t in self.tasks}
         self.test_data = {t: load_split(config, t, "test", self.tokenizer) for t in self.tasks}
-        self.model = MultiTaskModel(encoder, config.head_specs()).to(self.device)
+        self.model = MultiTaskModel(
+            encoder, config.head_specs(), objective_heads(config, encoder)
+        ).to(self.device)
         freeze_all_but(self.model, config.trainable_patterns())
         if config.train.log_conflicts_every and not self.model.shared_parameters():
             raise ConfigError("train.log_conflicts_every: no shared parameter trains")
-        self.streams = training_streams(config, self.train_data, self.tokenizer)
         precision = functools.partial(autocast, self.device, self.bf16)
-        self.objectives = build_objectives(config, self.model, precision)
-        self.plans = plan_epochs(t, {task: len(s) for task, s in self.streams.items()})
+        self.objectives = build_objectives(config, self.model, precision, self.tokenizer)
+        self.streams = training_streams(config, self.train_data, self.tokenizer)
+        self.streams |= self.objectives.streams()
+        sources = {name: self.objectives[name].source for name in self.objectives.scheduled}
+        self.plans = plan_epochs(
+            t,
+            {name: len(self.streams[s]) for name, s in sources.items()},
+            self.objectives.auxiliary,
+        )
         self.total_steps = sum(len(p) for p in self.plans)  # max_steps cuts the plans short
         self.optimizer = AdamW(
             parameter_groups(self.model, t.weight_decay, peak_lr_rule(self.model, t)),
@@ -318,7 +327,7 @@ class Trainer:
         cfg = self.config.train
         log.info(
             "training %s on %s (%s, bf16=%s): %d steps over %d epoch(s), schedule %s",
-            "+".join(self.tasks),
+            "+".join(self.objectives),
             self.device,
             self.config.model.name,
             self.bf16,
@@ -433,9 +442,10 @@ class Trainer:
                 self.bf16,
                 cfg.progress,
             )
+            dev |= self.objectives.dev_metrics(self.model, self.device, self.bf16)
         st.elapsed_seconds += time.perf_counter() - eval_start
         lr = self.scheduler.get_last_lr()[0]
-        record = st.epoch_record(self.tasks, plan, dev, lr) | peak_memory(self.device)
+        record = st.epoch_record(list(self.objectives), plan, dev, lr) | peak_memory(self.device)
         record |= epoch_fields(st.step_log) | extra
         if st.term_sum:
             record["train_terms"] = st.term_means()

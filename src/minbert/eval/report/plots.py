@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator
 
-from minbert.data.tasks import TASKS
 from minbert.eval.report.read import bucket_errors
 
 DPI = 120
@@ -29,26 +28,55 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def plot_curves(
-    records: list[dict], tasks: list[str], path: Path, best_epoch: int | None = None
+    records: list[dict],
+    losses: list[str],
+    metrics: dict[str, str],
+    path: Path,
+    best_epoch: int | None = None,
 ) -> None:
-    """Train loss per task and dev metric per task (plus the leaderboard overall) by epoch."""
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    loss_ax, dev_ax = fig.subplots(1, 2)
+    """Train loss per objective (``losses``: tasks, MLM, SimCSE) and the dev ``metrics``
+    (key -> legend label) by epoch.
+
+    ``overall_leaderboard`` is drawn as the dashed black summary line. Perplexities get a
+    log-scale panel of their own: in the thousands early in pre-training, they would flatten
+    every accuracy and correlation on a shared axis.
+    """
+    bounded = {k: v for k, v in metrics.items() if not k.endswith("_perplexity")}
+    unbounded = {k: v for k, v in metrics.items() if k.endswith("_perplexity")}
+    panels = 3 if unbounded else 2
+    fig = Figure(figsize=(5.5 * panels, 4.2), layout="constrained")
+    axes = fig.subplots(1, panels)
+    loss_ax, dev_ax = axes[0], axes[1]
     epochs = [r["epoch"] for r in records]
-    for task in tasks:
-        losses = [r.get("train_loss", {}).get(task, np.nan) for r in records]
-        loss_ax.plot(epochs, losses, marker="o", label=task)
-        key = f"{task}_{TASKS[task].metric}"
-        dev = [r.get("dev", {}).get(key, np.nan) for r in records]
-        dev_ax.plot(epochs, dev, marker="o", label=f"{task} {TASKS[task].metric}")
-    board = [r.get("dev", {}).get("overall_leaderboard", np.nan) for r in records]
-    dev_ax.plot(
-        epochs, board, marker="s", color="black", linestyle="--", label="overall (leaderboard)"
+
+    def series(field: str, key: str) -> list[float]:
+        return [r.get(field, {}).get(key, np.nan) for r in records]
+
+    for name in losses:
+        loss_ax.plot(epochs, series("train_loss", name), marker="o", label=name)
+    for key, label in bounded.items():
+        if key == "overall_leaderboard":
+            style = {"marker": "s", "color": "black", "linestyle": "--"}
+        else:
+            style = {"marker": "o"}
+        dev_ax.plot(epochs, series("dev", key), label=label, **style)
+    ylabel = "accuracy / Pearson r" + (
+        " / Spearman rho" if any("spearman" in k for k in bounded) else ""
     )
-    for ax, title, ylabel in (
+    titled = [
         (loss_ax, "training loss (mean over the epoch)", "loss"),
-        (dev_ax, "dev metric after each epoch", "accuracy / Pearson r"),
-    ):
+        (dev_ax, "dev metric after each epoch", ylabel),
+    ]
+    if unbounded:
+        ppl_ax = axes[2]
+        for key, label in unbounded.items():
+            ppl_ax.plot(epochs, series("dev", key), marker="o", color="tab:red", label=label)
+        ppl_ax.set_yscale("log")
+        # plain tick labels: the default mathtext ones look up fonts a slim install lacks
+        ppl_ax.yaxis.set_major_formatter(LogFormatter())
+        ppl_ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+        titled.append((ppl_ax, "dev perplexity after each epoch (lower is better)", "perplexity"))
+    for ax, title, ylabel in titled:
         if best_epoch:
             ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1, label="best epoch")
         ax.set_title(title)
@@ -61,7 +89,8 @@ def plot_curves(
         if len(epochs) == 1:  # a single point: give it room instead of a degenerate axis
             ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        if ax.get_legend_handles_labels()[0]:  # an empty legend only warns
+            ax.legend(fontsize="small")
     _save(fig, path)
 
 

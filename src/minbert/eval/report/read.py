@@ -1,13 +1,14 @@
 """Reading a run folder for its report, and the pure numeric helpers over what was read.
 
 Every path comes from ``RunDir`` (``minbert.run.layout``). The helpers (``confusion_matrix``,
-``bucket_errors``, ``worst_errors``) are pure and tested on their own.
+``bucket_errors``, ``worst_errors``, ``ordered_keys``) are pure and tested on their own.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,6 +260,18 @@ def label_text(task: str, value: float, kind: str) -> str:
     index = int(value)
     names = LABEL_NAMES.get(task)
     return f"{index} ({names[index]})" if names and 0 <= index < len(names) else str(index)
+
+
+def ordered_keys(first: list[str], dicts: Iterable[dict | None]) -> list[str]:
+    """``first``, then every other key of ``dicts`` that holds a number, in order of first
+    appearance: the columns of a table over epochs, whatever objectives a run logged."""
+    keys = list(first)
+    for d in dicts:
+        for key, value in (d or {}).items():
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if number and key not in keys:
+                keys.append(key)
+    return keys
 
 
 def joined_step_log(records: list[dict], key: str) -> dict:

@@ -32,6 +32,7 @@ from minbert.eval.report.read import (
     label_text,
     load_outputs,
     num_labels,
+    ordered_keys,
     read_config,
     read_dev,
     read_final,
@@ -81,57 +82,153 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s ({parts})"
 
 
+# Labels of the dev metrics that are no task's ``<task>_<metric>``: the overall scores, and
+# the pre-training objectives' own (objectives/mlm.py, eval/zero_shot.py). Others show the key.
+METRIC_LABELS = {
+    "overall_mean": "overall (mean)",
+    "overall_leaderboard": "overall (leaderboard)",
+    "mlm_accuracy": "MLM masked-token accuracy (held-out text)",
+    "mlm_perplexity": "MLM perplexity (held-out text; lower is better)",
+    "sts_zeroshot_pearson": "zero-shot STS Pearson r (cosine of pooled embeddings)",
+    "sts_zeroshot_spearman": "zero-shot STS Spearman rho (cosine of pooled embeddings)",
+}
+# Shorter forms for table columns and legends, where the long ones would not fit.
+COLUMN_LABELS = {
+    "overall_mean": "overall (mean)",
+    "overall_leaderboard": "overall (leaderboard)",
+    "mlm_accuracy": "MLM accuracy",
+    "mlm_perplexity": "MLM perplexity",
+    "sts_zeroshot_pearson": "zero-shot STS r",
+    "sts_zeroshot_spearman": "zero-shot STS rho",
+}
+OVERALL_KEYS = ["overall_mean", "overall_leaderboard"]
+
+
 def _metric_label(key: str) -> str:
-    return {
-        "overall_mean": "overall (mean)",
-        "overall_leaderboard": "overall (leaderboard)",
-    }.get(key, key.replace("_", " "))
+    return METRIC_LABELS.get(key, key.replace("_", " "))
 
 
-def _overall_note(tasks: list[str]) -> str:
+def _column_label(key: str) -> str:
+    return COLUMN_LABELS.get(key, key.replace("_", " "))
+
+
+def _metric_num(key: str, value: object) -> str:
+    # a perplexity runs into the thousands early on: four decimals would be noise
+    return _num(value, 2 if key.endswith("_perplexity") else 4)
+
+
+def _objective_name(config: Config, name: str) -> str:
+    # SimCSE's two modes are different objectives (a sentence and itself, or labelled pairs)
+    return f"simcse {config.pretrain.simcse.mode}" if name == "simcse" else name
+
+
+def _trained_line(config: Config) -> str:
+    """The header's line on what trained: the tasks and any auxiliary objectives beside them
+    (with their share of the steps and loss weight), or a pre-training run's objectives."""
+    tasks, objectives = list(config.train.tasks), config.pretrain.enabled()
+    model = f"Model: `{config.model.name}` ({config.model.mode})."
+    if not tasks:
+        names = ", ".join(_objective_name(config, n) for n in objectives) or "none"
+        weights = ""
+        if len(objectives) > 1:  # one objective's weight only scales its loss
+            weights = "; loss weights " + ", ".join(
+                f"{n} {getattr(config.pretrain, n).weight:g}" for n in objectives
+            )
+        return f"Objectives: {names} (pre-training, no task{weights}). {model}"
+    line = f"Tasks: {', '.join(tasks)}"
+    if objectives:
+        aux = []
+        for name in objectives:
+            cfg = getattr(config.pretrain, name)
+            aux.append(
+                f"{_objective_name(config, name)} (share {cfg.share:g}, weight {cfg.weight:g})"
+            )
+        line += f"; auxiliary: {', '.join(aux)}"
+    return f"{line}. {model}"
+
+
+def _loss_names(config: Config, records: list[dict]) -> list[str]:
+    """What trained, in the columns of the per-epoch tables: the tasks, the switched-on
+    pre-training objectives, then anything else the records hold a loss or a count for."""
+    tasks = list(config.train.tasks)
+    named = tasks + [n for n in config.pretrain.enabled() if n not in tasks]
+    fields = [r.get(f) for r in records for f in ("train_loss", "examples")]
+    return ordered_keys(named, fields)
+
+
+def _dev_keys(tasks: list[str], devs: list[dict | None]) -> list[str]:
+    """The dev metrics to show: each task's, both overall forms (only with tasks: they are
+    means over tasks), then the objectives' own ones the run logged (MLM, zero-shot STS)."""
+    known = [f"{t}_{TASKS[t].metric}" for t in tasks] + (OVERALL_KEYS if tasks else [])
+    return ordered_keys(known, devs)
+
+
+def _overall_note(tasks: list[str], extra: list[str]) -> str:
     pearson_tasks = [t for t in tasks if TASKS[t].metric == "pearson"]
     plain = "**overall (mean)** is the plain mean of the task metrics above"
     if pearson_tasks:
         named = ", ".join(pearson_tasks)
-        return (
+        note = (
             f"{plain}; **overall (leaderboard)** is the CS224N leaderboard form, which maps the "
             f"STS-style Pearson r ({named}) to (r + 1) / 2 before averaging, so every term "
-            "lies in [0, 1]. The best epoch is chosen by overall (leaderboard)."
+            "lies in [0, 1]."
         )
+    else:
+        note = (
+            f"{plain}; **overall (leaderboard)** is the CS224N leaderboard form, which maps STS "
+            "Pearson r to (r + 1) / 2 before averaging. No Pearson task was trained here, so "
+            "the two forms agree."
+        )
+    if extra:
+        note += f" The auxiliary objectives' metrics ({', '.join(extra)}) are not in either."
+    return note
+
+
+def _selection_note(select_by: str) -> str:
+    if select_by in OVERALL_KEYS:
+        return f"The best epoch is chosen by {_metric_label(select_by)}."
     return (
-        f"{plain}; **overall (leaderboard)** is the CS224N leaderboard form, which maps STS "
-        "Pearson r to (r + 1) / 2 before averaging. No Pearson task was trained here, so the two "
-        "forms agree. The best epoch is chosen by overall (leaderboard)."
+        f"The best epoch is chosen by {_column_label(select_by)} (train.select_by = `{select_by}`)."
     )
 
 
-def _epoch_tables(records: list[dict], tasks: list[str]) -> list[str]:
-    metric_keys = [f"{t}_{TASKS[t].metric}" for t in tasks]
+def _notes(config: Config, dev_keys: list[str]) -> str:
+    """The paragraph under the best-epoch table: what the overall scores are (runs with
+    tasks) and which metric picked the best epoch (``train.select_by``)."""
+    tasks = list(config.train.tasks)
+    selection = _selection_note(config.train.select_by)
+    if not tasks:
+        return selection
+    task_keys = {f"{t}_{TASKS[t].metric}" for t in tasks} | set(OVERALL_KEYS)
+    extra = [_column_label(k) for k in dev_keys if k not in task_keys]
+    return f"{_overall_note(tasks, extra)} {selection}"
+
+
+def _epoch_tables(records: list[dict], names: list[str], dev_keys: list[str]) -> list[str]:
     header = (
         ["epoch"]
-        + [f"{t} loss" for t in tasks]
-        + [f"{t} {TASKS[t].metric}" for t in tasks]
-        + ["overall (mean)", "overall (leaderboard)", "train s"]
+        + [f"{n} loss" for n in names]
+        + [_column_label(k) for k in dev_keys]
+        + ["train s"]
     )
     rows = []
     for r in records:
         losses, dev = r.get("train_loss", {}), r.get("dev", {})
         rows.append(
             [str(r["epoch"])]
-            + [_num(losses.get(t)) for t in tasks]
-            + [_num(dev.get(k)) for k in metric_keys]
-            + [_num(dev.get("overall_mean")), _num(dev.get("overall_leaderboard"))]
+            + [_num(losses.get(n)) for n in names]
+            + [_metric_num(k, dev.get(k)) for k in dev_keys]
             + [_num(r.get("train_seconds"), 1)]
         )
     seen_rows = []
     for r in records:
         seen, planned = r.get("examples", {}), r.get("planned_examples", {})
         cells = [str(r["epoch"])]
-        for t in tasks:
-            count = seen.get(t)
+        for n in names:
+            count = seen.get(n)
             cell = "–" if count is None else f"{count:,}"
-            if count is not None and planned.get(t) not in (None, count):
-                cell += f" of {planned[t]:,} planned"
+            if count is not None and planned.get(n) not in (None, count):
+                cell += f" of {planned[n]:,} planned"
             cells.append(cell)
         seen_rows.append(cells)
     return [
@@ -143,7 +240,7 @@ def _epoch_tables(records: list[dict], tasks: list[str]) -> list[str]:
         "",
         "## Training examples seen per epoch",
         "",
-        _md_table(["epoch", *tasks], seen_rows),
+        _md_table(["epoch", *names], seen_rows),
         "",
     ]
 
@@ -311,6 +408,9 @@ def _augment_section(run: RunDir) -> list[str]:
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report/`` (summary.md, curves.png and one figure per task); return it.
 
+    A run without tasks (``minbert pretrain``) gets the same report less the per-task parts:
+    its objectives' losses and dev metrics (MLM, zero-shot STS) fill the tables and curves.
+
     Raises ``ReportError`` when the run folder lacks ``config.toml`` or ``metrics.jsonl``, or
     when a prediction file does not hold the dev rows in dev-file order. A run without
     ``final.json`` or predictions (still training) gets a partial report that says so. The
@@ -327,22 +427,20 @@ def write_report(run_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
 
     best_epoch = final.get("best_epoch") if final else None
+    dev_keys = _dev_keys(tasks, [r.get("dev") for r in records] + [(final or {}).get("dev")])
     lines = [f"# Run report: {run.root.resolve().name}", ""]
-    lines += [
-        f"Tasks: {', '.join(tasks)}. Model: `{config.model.name}` ({config.model.mode}).",
-        "",
-    ]
+    lines += [_trained_line(config), ""]
     if final:
         dev = final.get("dev", {})
-        keys = [f"{t}_{TASKS[t].metric}" for t in tasks] + ["overall_mean", "overall_leaderboard"]
+        rows = [[_metric_label(k), _metric_num(k, dev.get(k))] for k in dev_keys]
         lines += [
             f"## Best epoch: {best_epoch}",
             "",
             "Dev metrics of the best epoch's model (re-scored after training):",
             "",
-            _md_table(["metric", "dev"], [[_metric_label(k), _num(dev.get(k))] for k in keys]),
+            _md_table(["metric", "dev"], rows),
             "",
-            _overall_note(tasks),
+            _notes(config, dev_keys),
             "",
         ]
         wall = final.get("train_wall_seconds")
@@ -353,15 +451,19 @@ def write_report(run_dir: str | Path) -> Path:
             "",
         ]
     else:
-        lines += [f"**Run not finished**: no {run.final.name} yet.", "", _overall_note(tasks), ""]
+        lines += [f"**Run not finished**: no {run.final.name} yet.", "", _notes(config, dev_keys)]
+        lines.append("")
     overlaps = PRETRAINING_OVERLAP.get(config.model.name, {})
     lines += [f"- Note on {t}: {overlaps[t]}" for t in tasks if t in overlaps]
     if any(t in overlaps for t in tasks):
         lines.append("")
 
     if records:
-        lines += _epoch_tables(records, tasks)
-        plot_curves(records, tasks, out / "curves.png", best_epoch)
+        names = _loss_names(config, records)
+        lines += _epoch_tables(records, names, dev_keys)
+        # overall (mean) is left off the curves: the leaderboard form is the one selected on
+        curves = {k: _column_label(k) for k in dev_keys if k != "overall_mean"}
+        plot_curves(records, names, curves, out / "curves.png", best_epoch)
         figures = [("training curves", "curves.png")]
         if any("calibration" in r for r in records):
             lines += _calibration_table(records)

@@ -1,5 +1,6 @@
-"""The final predictions: the best model reloaded, dev scored again, dev and test predictions
-written (``RUN/predictions/``), and ``RUN/final.json``."""
+"""The final predictions: the best model reloaded, dev scored again (the objectives' own dev
+metrics too), dev and test predictions of the tasks written (``RUN/predictions/``), and
+``RUN/final.json``."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class FinalPredictions(Callback):
         dev, dev_predictions = evaluate(
             model, trainer.dev_data, cfg.eval_batch_size, trainer.device, trainer.bf16
         )
+        dev |= trainer.objectives.dev_metrics(model, trainer.device, trainer.bf16)
         test_data = trainer.test_data
         _, test_predictions = evaluate(
             model, test_data, cfg.eval_batch_size, trainer.device, trainer.bf16
