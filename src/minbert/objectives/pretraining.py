@@ -8,6 +8,7 @@ plans; beside tasks they are auxiliary: each joins its ``share`` of the task ste
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from torch import nn
 
@@ -35,7 +36,7 @@ class PretrainConfig:
         "ships no MLM head",
         min=0,
     )
-    zero_shot_pooling: str = setting(
+    zero_shot_pooling: Literal["auto", "mean", "cls"] = setting(
         "auto",
         "pooling of the zero-shot STS dev score of a run without tasks: mean or cls "
         "(auto: SimCSE's pooling when SimCSE is on, else mean)",
@@ -48,10 +49,6 @@ class PretrainConfig:
     def check(self, has_tasks: bool) -> None:
         for name in self.enabled():
             getattr(self, name).check(f"pretrain.{name}")
-        if self.zero_shot_pooling not in ("auto", "mean", "cls"):
-            raise ConfigError(
-                f"pretrain.zero_shot_pooling: {self.zero_shot_pooling!r}; use auto, mean or cls"
-            )
         if self.head_warmup_steps:
             heads = [n for n in self.enabled() if n == "mlm" or self.simcse.pooling == "cls"]
             if not heads:
