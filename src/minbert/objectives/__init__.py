@@ -15,7 +15,7 @@ from torch import nn
 from minbert.data.batching import TaskStream
 from minbert.data.tasks import TASKS
 from minbert.objectives.base import Loss, Objective, Precision, PretrainObjective, Term
-from minbert.objectives.pretraining import build_pretraining
+from minbert.objectives.pretraining import build_pretraining, objective_heads
 from minbert.objectives.smart import Smart, SmartTerm
 from minbert.objectives.task import TaskObjective, TaskObjectiveConfig, task_loss
 
@@ -35,6 +35,10 @@ class ObjectiveSet(dict[str, Objective]):
         """What the schedule plans: the tasks, or without tasks the pre-training objectives."""
         tasks = [n for n, o in self.items() if not isinstance(o, PretrainObjective)]
         return tasks or list(self.pretraining)
+
+    def planned_sizes(self, streams: dict[str, TaskStream]) -> dict[str, int]:
+        """Rows in one pass of each scheduled objective's stream (what the schedule plans)."""
+        return {name: len(streams[self[name].source]) for name in self.scheduled}
 
     @property
     def auxiliary(self) -> dict[str, float]:
@@ -94,5 +98,6 @@ __all__ = [
     "TaskObjective",
     "TaskObjectiveConfig",
     "build_objectives",
+    "objective_heads",
     "task_loss",
 ]

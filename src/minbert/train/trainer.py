@@ -29,8 +29,7 @@ from minbert.device import autocast, peak_memory, resolve_device, use_bf16
 from minbert.eval.evaluate import evaluate
 from minbert.model.loading import load_pretrained
 from minbert.model.multitask import MultiTaskModel
-from minbert.objectives import build_objectives
-from minbert.objectives.pretraining import objective_heads
+from minbert.objectives import build_objectives, objective_heads
 from minbert.run import lock
 from minbert.run.layout import RunDir
 from minbert.train.callbacks import Callback, build_callbacks
@@ -140,12 +139,8 @@ class Trainer:
         self.objectives = build_objectives(config, self.model, precision, self.tokenizer)
         self.streams = training_streams(config, self.train_data, self.tokenizer)
         self.streams |= self.objectives.streams()
-        sources = {name: self.objectives[name].source for name in self.objectives.scheduled}
-        self.plans = plan_epochs(
-            t,
-            {name: len(self.streams[s]) for name, s in sources.items()},
-            self.objectives.auxiliary,
-        )
+        sizes = self.objectives.planned_sizes(self.streams)
+        self.plans = plan_epochs(t, sizes, self.objectives.auxiliary)
         self.total_steps = sum(len(p) for p in self.plans)  # max_steps cuts the plans short
         self.optimizer = AdamW(
             parameter_groups(self.model, t.weight_decay, peak_lr_rule(self.model, t)),
