@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +111,24 @@ def test_a_stopped_sweep_resumes_to_the_table_of_an_uninterrupted_one(tiny_setup
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*/final.json")}
     run_sweep(read_spec(spec), out)
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*/final.json")} == before
+
+
+def test_a_result_copied_from_another_sweep_is_not_run_again(tiny_setup, tmp_path, capsys):
+    from minbert.cli import main
+
+    spec = _write_spec(tmp_path / "spec.toml", tiny_setup, ARMS, seeds=[1])
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_sweep(read_spec(spec), first)
+    (second / "results").mkdir(parents=True)
+    shutil.copy(first / "results" / "base-s1.json", second / "results")
+    summary = run_sweep(read_spec(spec), second)
+    assert summary["failed"] == []
+    assert not (second / "base-s1").exists() and (second / "smooth-s1" / "final.json").is_file()
+    assert _metrics(second) == _metrics(first)
+    # --table-only keeps what a run folder finished, too
+    (second / "results" / "smooth-s1.json").unlink()
+    assert main(["sweep", str(spec), "--out", str(second), "--table-only"]) == 0
+    assert "| smooth | 1/1 |" in capsys.readouterr().out
 
 
 def test_a_failed_run_is_reported_and_the_others_go_on(tiny_setup, tmp_path, capsys):

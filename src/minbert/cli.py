@@ -224,10 +224,11 @@ def cmd_augment(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from minbert.experiments.sweep import read_spec, run_sweep, write_tables
+    from minbert.experiments.sweep import collect, read_spec, run_sweep, write_tables
 
     spec = read_spec(args.spec)
     if args.table_only:
+        collect(spec, Path(args.out))  # finished run folders' results, beside the copied ones
         summary = write_tables(spec, Path(args.out))
         summary["failed"] = []
     else:
@@ -473,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", required=True, help="folder of the sweep's runs and tables")
     sw.add_argument("--jobs", type=positive_int, default=1, help="runs at a time (cores split)")
     sw.add_argument(
-        "--table-only", action="store_true", help="only remake the tables from DIR/results"
+        "--table-only",
+        action="store_true",
+        help="run nothing: remake the tables from DIR/results (and finished run folders)",
     )
     sw.set_defaults(func=cmd_sweep)
 

@@ -17,7 +17,8 @@ Run ``<arm>-s<seed>`` goes to ``DIR/<arm>-s<seed>/``. A finished run is kept (it
 be the arm's, or the sweep stops), a stopped one is resumed, a failed one is reported and
 the others go on. Each finished run's dev scores are copied to ``DIR/results/`` so that
 ``DIR/sweep.md``, ``sweep.json`` and ``forest.png`` can be made again without the run folders
-(``--table-only``).
+(``--table-only``), and a result copied there from another sweep (a baseline both share) is
+not run again.
 """
 
 from __future__ import annotations
@@ -158,10 +159,12 @@ def _comparable(config: Config) -> dict:
 
 
 def _state(out: Path, arm: Arm, seed: int) -> str:
-    """``done``, ``stopped`` (resumable) or ``new``; a folder holding another run is an error."""
+    """``done``, ``stopped`` (resumable) or ``new``; a folder holding another run is an error.
+    A run with no folder whose result is kept in ``DIR/results`` is done: results copied from
+    an earlier sweep (a shared baseline arm) are not trained again."""
     run = RunDir(out / run_name(arm.name, seed))
     if not run.is_run():
-        return "new"
+        return "done" if _kept(out, arm.name, seed).is_file() else "new"
     saved = load_config(run.config)
     if _comparable(saved) != _comparable(arm.config([f"train.seed={seed}"])):
         raise SweepError(
@@ -256,6 +259,10 @@ def run_sweep(spec: Spec, out: str | Path, jobs: int = 1) -> dict:
     return summary
 
 
+def _kept(out: Path, arm: str, seed: int) -> Path:
+    return out / "results" / f"{run_name(arm, seed)}.json"
+
+
 def collect(spec: Spec, out: Path) -> None:
     """Copy every finished run's dev scores and timing to ``DIR/results/<run>.json``."""
     results = out / "results"
@@ -272,9 +279,7 @@ def collect(spec: Spec, out: Path) -> None:
             "best_epoch": final.get("best_epoch"),
             "train_wall_seconds": final.get("train_wall_seconds"),
         }
-        write_atomic(
-            results / f"{run_name(arm.name, seed)}.json", json.dumps(kept, indent=1) + "\n"
-        )
+        write_atomic(_kept(out, arm.name, seed), json.dumps(kept, indent=1) + "\n")
 
 
 # -- the table -----------------------------------------------------------------------------------
@@ -284,7 +289,7 @@ def read_results(spec: Spec, out: Path) -> dict[str, dict[int, dict]]:
     """arm -> seed -> kept result, for the spec's arms and seeds found in ``DIR/results``."""
     found: dict[str, dict[int, dict]] = {name: {} for name in spec.arms}
     for arm, seed in spec.runs():
-        path = out / "results" / f"{run_name(arm.name, seed)}.json"
+        path = _kept(out, arm.name, seed)
         if path.is_file():
             found[arm.name][seed] = json.loads(path.read_text(encoding="utf-8"))
     return found
