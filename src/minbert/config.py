@@ -21,6 +21,7 @@ import tomli_w
 from minbert.config_renames import move_renamed_keys
 from minbert.data.augment import AugmentConfig
 from minbert.data.tasks import TASKS
+from minbert.model.adapters import AdapterConfig
 from minbert.model.heads import HeadSpec
 from minbert.objectives.pretraining import PretrainConfig
 from minbert.objectives.smart import SmartConfig
@@ -300,6 +301,10 @@ class Config:
         default_factory=PretrainConfig,
         metadata={"doc": "pre-training objectives (MLM, SimCSE): alone, or beside the tasks"},
     )
+    adapter: AdapterConfig = field(
+        default_factory=AdapterConfig,
+        metadata={"doc": "an adapter on the encoder (LoRA, LoRA experts, PALs): model/adapters/"},
+    )
 
     def __post_init__(self) -> None:
         known = sorted(TASKS)
@@ -307,6 +312,12 @@ class Config:
             if task not in TASKS:
                 raise ConfigError(f"train.tasks: unknown task {task!r}; known: {known}")
         self.pretrain.check(bool(self.train.tasks))
+        self.adapter.check(self.train.tasks)
+        if self.adapter.on and self.model.mode == "frozen":
+            raise ConfigError(
+                "model.mode: 'frozen' trains the heads alone; an adapter trains its own "
+                "parameters (adapter.kind), so leave model.mode = 'finetune'"
+            )
         if len(set(self.train.tasks)) != len(self.train.tasks):
             raise ConfigError(f"train.tasks: repeated task in {self.train.tasks}")
         for table in TASK_TABLES:
@@ -410,12 +421,14 @@ class Config:
 
     def to_dict(self) -> dict:
         """Every setting, with the task tables of the trained tasks only (and the pretrain
-        table only when it switches an objective on)."""
+        table only when it switches an objective on, the adapter table only with an adapter)."""
         data = dataclasses.asdict(self)
         for table in TASK_TABLES:
             data[table] = {t: v for t, v in data[table].items() if t in self.train.tasks}
         if not self.pretrain.enabled():
             del data["pretrain"]
+        if not self.adapter.on:
+            del data["adapter"]
         return data
 
     def unused_task_tables(self) -> list[str]:

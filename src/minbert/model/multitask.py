@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor, nn
 
 from minbert.data.batching import Batch, Segment
 from minbert.data.tasks import TASKS
+from minbert.model.adapters import AdapterConfig, install_adapter
 from minbert.model.bert import AttentionImpl, BertModel, set_attention
 from minbert.model.heads import BiEncoderHead, HeadSpec, build_head
 
@@ -17,10 +20,12 @@ class MultiTaskModel(nn.Module):
         encoder: BertModel,
         heads: dict[str, HeadSpec],
         objective_heads: dict[str, nn.Module] | None = None,
+        adapter: AdapterConfig | None = None,
     ):
         """``heads``: task -> its head's spec (``Config.head_specs()``), in task order.
         ``objective_heads``: the pre-training objectives' own modules (the MLM head,
-        SimCSE's MLP), by objective name."""
+        SimCSE's MLP), by objective name. ``adapter``: the ``[adapter]`` table; the adapter
+        wraps the shared layers and the tasks' own top layers (model/adapters/)."""
         super().__init__()
         self.encoder = encoder
         self.objective_heads = nn.ModuleDict(objective_heads or {})
@@ -32,11 +37,18 @@ class MultiTaskModel(nn.Module):
                 # training rows (trainer.py), saved with the weights.
                 self.heads[t].register_buffer("threshold", torch.zeros(()))
         self.normalise = {t: heads[t].normalise for t in self.tasks}
+        self.adapters = nn.ModuleDict()  # modules an adapter owns beside the layers it wraps
+        self.adapter = install_adapter(self, adapter) if adapter is not None else None
+
+    def running(self, task: str | None):
+        """The context of a forward of ``task`` (None: no task): what per-task adapters read."""
+        return nullcontext() if self.adapter is None else self.adapter.task(task)
 
     def forward(self, task: str, batch: Batch) -> Tensor:
         if task not in self.heads:
             raise KeyError(f"this model has no head for task {task!r}; it has {self.tasks}")
-        return self.heads[task](self.encoder, batch)
+        with self.running(task):
+            return self.heads[task](self.encoder, batch)
 
     def set_attention(self, impl: AttentionImpl) -> None:
         """Switch the encoder and the heads' own top layers between ``sdpa`` and ``manual``."""
@@ -47,7 +59,8 @@ class MultiTaskModel(nn.Module):
         head = self.heads[task]
         if not isinstance(head, BiEncoderHead):
             raise TypeError(f"task {task!r} is not bi-encoded: its head has no sentence embeddings")
-        return head.forward_embedded(self.encoder, batch)
+        with self.running(task):
+            return head.forward_embedded(self.encoder, batch)
 
     def embeds_sentences(self, task: str) -> bool:
         """True when ``task``'s head pools one sentence at a time (a single-sentence task or
@@ -58,7 +71,8 @@ class MultiTaskModel(nn.Module):
         """Sentence vectors (B, H') as ``task``'s head pools them (its own layers included)."""
         if not self.embeds_sentences(task):
             raise TypeError(f"task {task!r} encodes its pairs together: no sentence embeddings")
-        return self.heads[task].embed(self.encoder, segment)
+        with self.running(task):
+            return self.heads[task].embed(self.encoder, segment)
 
     def threshold(self, task: str) -> Tensor | None:
         """A calibrated binary task's decision threshold on its logit (None: 0, p = 0.5)."""

@@ -75,13 +75,11 @@ class ObjectiveSet(dict[str, Objective]):
 
 def build_objectives(config, model: nn.Module, precision: Precision, tokenizer) -> ObjectiveSet:
     smart = Smart(config.train.smart, model) if config.train.smart.enabled else None
+    extra = [SmartTerm(smart)] if smart is not None else []
+    if model.adapter is not None:
+        extra += model.adapter.terms()  # the router's balance loss
     objectives: dict[str, Objective] = {
-        task: TaskObjective(
-            TASKS[task],
-            config.objective(task),
-            precision,
-            [SmartTerm(smart)] if smart is not None else [],
-        )
+        task: TaskObjective(TASKS[task], config.objective(task), precision, list(extra))
         for task in config.train.tasks
     }
     pretraining, evaluators = build_pretraining(config, tokenizer, precision)

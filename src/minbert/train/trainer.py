@@ -130,9 +130,9 @@ class Trainer:
         self.dev_data = {t: load_split(config, t, "dev", self.tokenizer) for t in self.tasks}
         self.test_data = {t: load_split(config, t, "test", self.tokenizer) for t in self.tasks}
         self.model = MultiTaskModel(
-            encoder, config.head_specs(), objective_heads(config, encoder)
+            encoder, config.head_specs(), objective_heads(config, encoder), config.adapter
         ).to(self.device)
-        freeze_all_but(self.model, config.trainable_patterns())
+        freeze_all_but(self.model, config.trainable_patterns(), config.adapter.freezes_base)
         if config.train.log_conflicts_every and not self.model.shared_parameters():
             raise ConfigError("train.log_conflicts_every: no shared parameter trains")
         precision = functools.partial(autocast, self.device, self.bf16)
