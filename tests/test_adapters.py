@@ -275,6 +275,111 @@ def test_an_adapter_run_on_another_base_is_refused(lora_run, tmp_path):
         load_model_dir(copy_dir)
 
 
+@pytest.fixture(scope="module")
+def molora_run(tiny_setup, tmp_path_factory):
+    from tiny_run import QUICK, tiny_overrides
+
+    from minbert.cli import main
+
+    out = tmp_path_factory.mktemp("molora") / "run"
+    sets = [*tiny_overrides(tiny_setup), *QUICK, "adapter.kind=molora", "adapter.molora.r=4"]
+    sets += ["train.lr=1e-2", "heads.sst.own_layers=1"]
+    assert main(["train", "--out", str(out), *sum((["--set", s] for s in sets), [])]) == 0
+    return out
+
+
+def _hf_outputs(directory, model_input):
+    from transformers import BertModel as HFBertModel
+
+    hf = HFBertModel.from_pretrained(directory).eval()
+    ids, mask = model_input
+    with torch.no_grad():
+        return hf(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def _tiny_input():
+    ids = torch.tensor([[2, 7, 8, 9, 3], [2, 10, 3, 0, 0]])
+    return ids, (ids != 0).long()
+
+
+def _task_encoder_output(model, task, model_input):
+    """What ``task`` reads of the encoder: the shared layers with its LoRA, its own top."""
+    ids, mask = model_input
+    head = model.heads[task]
+    with torch.no_grad(), model.running(task):
+        return model.encoder(ids, mask, top=head.own_layers).last_hidden_state
+
+
+def test_export_merge_writes_a_bert_directory_per_task_that_transformers_loads(
+    molora_run, tmp_path, capsys
+):
+    from minbert.cli import main
+    from minbert.run.model_dir import load_model_dir
+
+    model, _, _ = load_model_dir(molora_run)
+    assert main(["export", str(molora_run), str(tmp_path / "merged"), "--merge"]) == 0
+    real = _tiny_input()[1].bool()
+    for task in ("sst", "quora", "sts"):
+        got = _hf_outputs(tmp_path / "merged" / task, _tiny_input())
+        want = _task_encoder_output(model, task, _tiny_input())
+        assert (got[real] - want[real]).abs().max() <= 1e-4
+    capsys.readouterr()
+    assert (
+        main(["export", str(molora_run), str(tmp_path / "x"), "--merge", "--tasks", "cfimdb"]) == 2
+    )
+    assert "['cfimdb'] have no adapter in this run; it trained" in capsys.readouterr().err
+
+
+def test_export_without_merge_writes_the_base_and_peft_adapters(lora_run, tmp_path):
+    from minbert.cli import main
+    from minbert.run.model_dir import load_model_dir
+
+    model, _, _ = load_model_dir(lora_run)
+    out = tmp_path / "export"
+    assert main(["export", str(lora_run), str(out)]) == 0
+    from transformers import BertModel as HFBertModel
+
+    hf = HFBertModel.from_pretrained(out).eval()
+    adapted = peft.PeftModel.from_pretrained(hf, out / "adapter").eval()
+    ids, mask = _tiny_input()
+    with torch.no_grad():
+        got = adapted(input_ids=ids, attention_mask=mask).last_hidden_state
+        want = model.encoder(ids, mask).last_hidden_state
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max() <= 1e-4
+    merged = tmp_path / "merged"
+    assert main(["export", str(lora_run), str(merged), "--merge"]) == 0
+    torch.testing.assert_close(
+        _hf_outputs(merged, (ids, mask))[real], want[real], atol=1e-4, rtol=0
+    )
+
+
+def test_an_adapter_run_as_a_starting_model_names_the_merge_export(lora_run):
+    from minbert.model.loading import WeightsError, load_pretrained
+
+    with pytest.raises(WeightsError, match="export .* DIR --merge"):
+        load_pretrained(lora_run)
+
+
+def test_pals_and_routed_runs_refuse_merge_and_keep_the_report_honest(tiny_setup, tmp_path, capsys):
+    from tiny_run import QUICK, tiny_overrides
+
+    from minbert.cli import main
+
+    out = tmp_path / "routed"
+    sets = [*tiny_overrides(tiny_setup), *QUICK, *ADAPTERS["routed"], "adapter.molora.r=2"]
+    assert main(["train", "--out", str(out), *sum((["--set", s] for s in sets), [])]) == 0
+    capsys.readouterr()
+    assert main(["export", str(out), str(tmp_path / "x"), "--merge"]) == 2
+    assert "nothing to merge" in capsys.readouterr().err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    usage = records[-1]["expert_usage"]
+    assert set(usage) == {"sst", "quora", "sts"}
+    summary = (out / "report" / "summary.md").read_text()
+    assert "Expert usage, epoch 2" in summary and "expert-usage.png" in summary
+    assert "trained of" in summary and "what changed, on its base" in summary
+
+
 # -- peft interchange (MiniLM) --------------------------------------------------------------------
 
 peft = pytest.importorskip("peft")

@@ -89,3 +89,30 @@ def test_shipped_configs_are_valid():
 def test_config_from_dict_rejects_non_table():
     with pytest.raises(ConfigError, match="train: expected a table"):
         config_from_dict({"train": 3})
+
+
+def test_a_config_extends_another_and_names_a_missing_or_cyclic_parent(tmp_path):
+    from minbert.config import ConfigError, load_config
+
+    (tmp_path / "base.toml").write_text('[train]\ntasks = ["sst"]\nlr = 1e-4\nepochs = 2\n')
+    (tmp_path / "child.toml").write_text('extends = "base.toml"\n[train]\nlr = 3e-4\n')
+    config = load_config(tmp_path / "child.toml")
+    assert (config.train.tasks, config.train.lr, config.train.epochs) == (["sst"], 3e-4, 2)
+    (tmp_path / "orphan.toml").write_text('extends = "gone.toml"\n')
+    with pytest.raises(ConfigError, match=r"gone.toml \(extended by .*orphan.toml\)"):
+        load_config(tmp_path / "orphan.toml")
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match="a cycle"):
+        load_config(tmp_path / "a.toml")
+
+
+@pytest.mark.parametrize("name", ["lora", "molora", "pals"])
+def test_the_adapter_configs_are_the_main_job_with_one_adapter(name):
+    from minbert.config import load_config
+
+    main, adapted = load_config("configs/default.toml"), load_config(f"configs/{name}.toml")
+    assert adapted.adapter.kind == name
+    differ = {k for k, v in adapted.to_dict().items() if main.to_dict().get(k) != v}
+    assert differ == {"adapter"}
+    assert set(adapted.to_dict()["adapter"]) == {"kind", "train_base", "lr", name}

@@ -185,14 +185,25 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         print(f"wrote ONNX graphs to {out} (serve them: minbert serve {out} --backend onnx)")
         return 0
-    if args.tasks or args.overwrite:
-        raise UsageError("--tasks and --overwrite apply to --format onnx")
+    if args.overwrite:
+        raise UsageError("--overwrite applies to --format onnx")
+    if args.tasks and not args.merge:
+        raise UsageError("--tasks applies to --format onnx and to --merge")
     if args.quantize:
         raise UsageError("--quantize applies to --format onnx")
 
     mlm_head = None
     try:  # a run folder or model directory, else a pretrained model name or HF directory
-        model, tokenizer, _ = load_model_dir(args.source)
+        model, tokenizer, config = load_model_dir(args.source)
+        if model.adapter is not None:
+            from minbert.model.adapters.export import export_adapted
+
+            tasks = args.tasks.split(",") if args.tasks else None
+            for line in export_adapted(model, tokenizer, config, args.out, args.merge, tasks):
+                print(f"wrote {line}" if not line.startswith("note:") else line)
+            return 0
+        if args.merge:
+            raise UsageError(f"--merge: {args.source} has no adapter (adapter.kind = 'none')")
         encoder = model.encoder
         mlm_head = dict(model.objective_heads.items()).get("mlm")
         own = [t for t, head in model.heads.items() if head.own_layers is not None]
@@ -202,6 +213,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                 "which a BERT directory cannot hold; this writes the shared encoder"
             )
     except FileNotFoundError:
+        if args.merge:
+            raise UsageError(
+                f"--merge: {args.source} is not a minbert run with an adapter"
+            ) from None
         encoder, tokenizer = load_pretrained(args.source)
     out = export_pretrained(encoder, tokenizer, args.out, mlm_head)
     kind = "BertForMaskedLM (encoder and MLM head)" if mlm_head is not None else "BERT"
@@ -515,7 +530,13 @@ def build_parser() -> argparse.ArgumentParser:
         "run's heads, one graph per task, for ONNX Runtime",
     )
     ex.add_argument("--quantize", choices=["int8"], help="onnx: int8 dynamic quantisation")
-    ex.add_argument("--tasks", help="onnx: comma-separated tasks to export (default: all)")
+    ex.add_argument("--tasks", help="onnx, --merge: comma-separated tasks to export (default: all)")
+    ex.add_argument(
+        "--merge",
+        action="store_true",
+        help="hf, a LoRA run: the LoRA merged into the weights, a plain BERT directory (one "
+        "per task for per-task LoRA); without it, the base encoder and peft adapters",
+    )
     ex.add_argument("--overwrite", action="store_true", help="onnx: replace an earlier export")
     ex.set_defaults(func=cmd_export)
 

@@ -282,7 +282,12 @@ def _default_heads() -> dict[str, HeadConfig]:
     return {name: default_head(name) for name in TASKS}
 
 
-TASK_TABLES = ("heads", "objectives", "augment")  # tables with one sub-table per task
+TASK_TABLES = ("heads", "objectives", "augment")
+ADAPTER_KINDS = (
+    "lora",
+    "molora",
+    "pals",
+)  # the [adapter] sub-tables, one per kind  # tables with one sub-table per task
 
 
 @dataclass(frozen=True)
@@ -429,6 +434,10 @@ class Config:
             del data["pretrain"]
         if not self.adapter.on:
             del data["adapter"]
+        else:  # the chosen kind's table alone
+            for kind in ADAPTER_KINDS:
+                if kind != self.adapter.kind:
+                    del data["adapter"][kind]
         return data
 
     def unused_task_tables(self) -> list[str]:
@@ -478,6 +487,30 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
     return config
 
 
+def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's tables; with a top-level ``extends = "other.toml"`` (relative to this
+    file), the other file's tables first and this file's on top."""
+    if not path.is_file():
+        raise ConfigError(
+            f"config file not found: {path}" + (f" (extended by {seen[-1]})" if seen else "")
+        )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is no error
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: the path of a config file, got {parent!r}")
+    parent_path = path.parent / parent
+    if parent_path.resolve() in [p.resolve() for p in (*seen, path)]:
+        raise ConfigError(f"{path}: extends {parent}, which extends it again (a cycle)")
+    return merge_tables(read_config_file(parent_path, (*seen, path)), data)
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
@@ -488,14 +521,7 @@ def load_config(
     data: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is no error
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+        data = read_config_file(path)
     if base:
         data = merge_tables(base, data)
     try:

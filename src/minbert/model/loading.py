@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from minbert.errors import UserError
+from minbert.model.adapters import is_adapter_parameter
 from minbert.model.bert import AttentionImpl, BertConfig, BertModel
 from minbert.model.tokenizer import SPECIAL_TOKENS, Tokenizer, read_vocab_tokens
 from minbert.run.manifest import verify
@@ -355,8 +356,15 @@ def load_pretrained(
         model_dir = trained
         config_file, weights = model_dir / "encoder.json", model_dir / "model.safetensors"
         verify(model_dir, f"{model_dir} cannot be used as a pretrained encoder")
+        meta = read_json(model_dir / "meta.json", "meta")
         state = _encoder_part(read_safetensors(weights), weights)
-        lowercase = read_json(model_dir / "meta.json", "meta").get("lowercase", True)
+        if meta.get("base") or any(is_adapter_parameter(k) for k in state):
+            raise WeightsError(
+                f"{model_dir}: an adapter run's model is its base plus the adapter; write it "
+                f"as one BERT directory (`minbert export {model_dir} DIR --merge`) and start "
+                "from DIR"
+            )
+        lowercase = meta.get("lowercase", True)
     else:
         config_file, weights, state = model_dir / "config.json", None, None
     config = read_config(config_file)

@@ -15,6 +15,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from minbert.model.adapters import is_adapter_parameter
+
 log = logging.getLogger(__name__)
 
 
@@ -166,11 +168,17 @@ def parameter_groups(
 
 
 def peak_lr_rule(model: nn.Module, cfg) -> Callable[[str], float | None]:
-    """A parameter's own peak LR by name (None: ``train.lr``): ``head_lr`` for the heads, and
+    """A parameter's own peak LR by name (None: ``train.lr``): ``adapter.lr`` for an adapter's
+    parameters, ``head_lr`` for the heads, and
     ``lr * layer_lr_decay ** depth`` for encoder layers ``depth`` below the top (the model
     says which are which: ``is_head_parameter``, ``depth_below_top``)."""
 
+    adapter = getattr(model, "adapter", None)
+    adapter_lr = adapter.config.lr if adapter is not None else 0.0
+
     def peak(name: str) -> float | None:
+        if adapter_lr and is_adapter_parameter(name):
+            return adapter_lr
         if cfg.head_lr and model.is_head_parameter(name):
             return cfg.head_lr
         depth = model.depth_below_top(name)

@@ -345,6 +345,10 @@ class Trainer:
             "train_wall_seconds": round(self.state.elapsed_seconds, 1),
             "device": str(self.device),
             "bf16": self.bf16,
+            "parameters": {
+                "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                "total": sum(p.numel() for p in self.model.parameters()),
+            },
         }
         if not self.world.is_main:
             return summary  # rank 0 alone predicts and reports

@@ -207,3 +207,21 @@ def plot_task_weights(log: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     _save(fig, path)
+
+
+def plot_expert_usage(usage: dict[str, list[float]], epoch: int, path: Path) -> None:
+    """Each task's share of the routed experts' assignments in one epoch, as grouped bars."""
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.subplots()
+    tasks = list(usage)
+    experts = len(next(iter(usage.values())))
+    width = 0.8 / len(tasks)
+    for i, task in enumerate(tasks):
+        ax.bar(np.arange(experts) + i * width, usage[task], width, label=task)
+    ax.axhline(1 / experts, color="grey", linestyle="--", linewidth=1, label="uniform")
+    ax.set_xticks(np.arange(experts) + width * (len(tasks) - 1) / 2)
+    ax.set_xticklabels([f"expert {e}" for e in range(experts)])
+    ax.set_title(f"expert usage by task, epoch {epoch} (share of token assignments)")
+    ax.set_ylabel("share")
+    ax.legend(fontsize="small")
+    _save(fig, path)

@@ -17,6 +17,7 @@ from minbert.eval.report.plots import (
     plot_conflicts,
     plot_confusion,
     plot_curves,
+    plot_expert_usage,
     plot_scatter,
     plot_task_weights,
 )
@@ -40,6 +41,7 @@ from minbert.eval.report.read import (
     score_edges,
     worst_errors,
 )
+from minbert.model.adapters import describe_adapter
 from minbert.run.layout import RunDir
 
 log = logging.getLogger(__package__)  # the logger of the module this package replaced
@@ -127,6 +129,8 @@ def _trained_line(config: Config) -> str:
     (with their share of the steps and loss weight), or a pre-training run's objectives."""
     tasks, objectives = list(config.train.tasks), config.pretrain.enabled()
     model = f"Model: `{config.model.name}` ({config.model.mode})."
+    if config.adapter.on:
+        model += f" Adapter: {describe_adapter(config.adapter)}."
     if not tasks:
         names = ", ".join(_objective_name(config, n) for n in objectives) or "none"
         weights = ""
@@ -145,6 +149,37 @@ def _trained_line(config: Config) -> str:
             )
         line += f"; auxiliary: {', '.join(aux)}"
     return f"{line}. {model}"
+
+
+def _parameters_line(run: RunDir, final: dict) -> str:
+    counts = final.get("parameters") or {}
+    line = "Parameters: "
+    if counts:
+        trainable, total = counts["trainable"], counts["total"]
+        line += f"{trainable:,} trained of {total:,} ({100 * trainable / total:.2f}%)"
+    else:
+        line += "not recorded"
+    weights = run.best / "model.safetensors"
+    if weights.is_file():
+        meta = json.loads((run.best / "meta.json").read_text(encoding="utf-8"))
+        stored = "what changed, on its base" if meta.get("base") else "the whole model"
+        line += f"; checkpoint `best/model.safetensors` {weights.stat().st_size / 2**20:.1f} MiB ({stored})"
+    return line + "."
+
+
+def _usage_table(usage: dict[str, list[float]], epoch: int) -> list[str]:
+    experts = len(next(iter(usage.values())))
+    header = ["task", *(f"expert {e}" for e in range(experts))]
+    rows = [[task, *(f"{share:.3f}" for share in shares)] for task, shares in usage.items()]
+    return [
+        f"### Expert usage, epoch {epoch}",
+        "",
+        "Share of each task's token assignments (top-k, summed over the routed layers); "
+        f"uniform is {1 / experts:.3f}.",
+        "",
+        _md_table(header, rows),
+        "",
+    ]
 
 
 def _loss_names(config: Config, records: list[dict]) -> list[str]:
@@ -449,6 +484,8 @@ def write_report(run_dir: str | Path) -> Path:
             f"Total training wall time: {wall_text}; device: {final.get('device', 'unknown')}; "
             f"bf16: {final.get('bf16', 'unknown')}.",
             "",
+            _parameters_line(run, final),
+            "",
         ]
     else:
         lines += [f"**Run not finished**: no {run.final.name} yet.", "", _notes(config, dev_keys)]
@@ -471,6 +508,12 @@ def write_report(run_dir: str | Path) -> Path:
             lines += _conflict_table(records)
             plot_conflicts(joined_step_log(records, "conflicts"), out / "conflicts.png")
             figures.append(("gradient cosines and norm ratios by step", "conflicts.png"))
+        usage = [r for r in records if r.get("expert_usage")]
+        if usage:
+            last = usage[-1]
+            lines += _usage_table(last["expert_usage"], last["epoch"])
+            plot_expert_usage(last["expert_usage"], last["epoch"], out / "expert-usage.png")
+            figures.append(("expert usage by task", "expert-usage.png"))
         if any("task_weights" in r for r in records):
             plot_task_weights(joined_step_log(records, "task_weights"), out / "task-weights.png")
             figures.append(("task weights by step", "task-weights.png"))

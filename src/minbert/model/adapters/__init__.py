@@ -43,6 +43,12 @@ class AdapterConfig:
         "also train the base encoder's own weights (LoRA on top of full fine-tuning); off: "
         "they stay frozen whatever train.trainable says, and best/ stores only what changed",
     )
+    lr: float = setting(
+        0.0,
+        "peak learning rate of the adapter's parameters (0: train.lr); with the base frozen "
+        "it is the encoder side's only rate",
+        min=0.0,
+    )
     lora: LoRAConfig = field(default_factory=LoRAConfig, metadata={"doc": "LoRA (lora.py)"})
     molora: MoLoRAConfig = field(
         default_factory=MoLoRAConfig, metadata={"doc": "LoRA experts (molora.py)"}
@@ -70,6 +76,26 @@ class AdapterConfig:
         return self.on and not self.train_base
 
 
+def describe_adapter(config: AdapterConfig) -> str:
+    """One line on the adapter a config installs (the run report's)."""
+    if not config.on:
+        return "none (full fine-tuning)"
+    base = "base trained too" if config.train_base else "base frozen"
+    if config.kind == "lora":
+        c = config.lora
+        what = f"LoRA r={c.r}, alpha={c.alpha:g} on {', '.join(c.targets)}"
+    elif config.kind == "pals":
+        what = f"PALs per task, d={config.pals.size}, {config.pals.heads} heads"
+    else:
+        c = config.molora
+        what = (
+            f"{c.experts} LoRA experts routed per token (top {c.top_k}), r={c.r}"
+            if c.router == "token"
+            else f"a LoRA per task, r={c.r}"
+        )
+    return f"{what} ({base})"
+
+
 def install_adapter(model: MultiTaskModel, config: AdapterConfig) -> Adapter | None:
     if not config.on:
         return None
@@ -80,6 +106,7 @@ def install_adapter(model: MultiTaskModel, config: AdapterConfig) -> Adapter | N
 
 
 __all__ = [
+    "describe_adapter",
     "Adapter",
     "AdapterConfig",
     "AdapterContext",

@@ -59,9 +59,6 @@ class Adapter:
         """What ``export --merge`` writes: output name -> the LoRA pair merged into it."""
         raise ConfigError(f"adapter.kind = {self.kind!r}: nothing to merge into a BERT directory")
 
-    def summary(self) -> str:
-        return self.kind
-
 
 def is_adapter_parameter(name: str) -> bool:
     return any(marker in name for marker in MARKERS)

@@ -199,10 +199,6 @@ class LoRAAdapter(Adapter):
     def merge_pairs(self) -> dict[str, str]:
         return {"encoder": "default"}
 
-    def summary(self) -> str:
-        c = self.config.lora
-        return f"lora r={c.r} alpha={c.alpha:g} on {', '.join(adapted_names(c.targets))}"
-
 
 def install(model: nn.Module, config, context: AdapterContext) -> LoRAAdapter:
     """One LoRA pair (``default``) on the targeted layers of every BERT layer of ``model``,

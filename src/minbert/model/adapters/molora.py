@@ -156,12 +156,6 @@ class MoLoRAAdapter(Adapter):
             return super().merge_pairs()
         return {task: task for task in self.tasks}
 
-    def summary(self) -> str:
-        c = self.config.molora
-        if self.routed:
-            return f"molora: {c.experts} experts routed per token, top {c.top_k}, r={c.r}"
-        return f"molora: one r={c.r} LoRA per task ({', '.join(self.tasks)})"
-
 
 def install(model: nn.Module, config, context: AdapterContext) -> MoLoRAAdapter:
     c = config.molora

@@ -113,10 +113,6 @@ class PALLayer(BertLayer):
 class PALsAdapter(Adapter):
     kind = "pals"
 
-    def summary(self) -> str:
-        c = self.config.pals
-        return f"pals d={c.size} heads={c.heads} per task"
-
 
 def install(model: nn.Module, config, context: AdapterContext) -> PALsAdapter:
     c = config.pals

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from minbert.data.augment import AugmentedStream
+from minbert.train.callbacks.adapter_log import AdapterLog
 from minbert.train.callbacks.augmentation import Augmentation
 from minbert.train.callbacks.base import Callback, CallbackList
 from minbert.train.callbacks.calibrate import Calibrate
@@ -30,6 +31,8 @@ def build_callbacks(trainer, extra: list[Callback] = ()) -> CallbackList:
         callbacks.append(TaskWeights())
     if cfg.log_conflicts_every:
         callbacks.append(ConflictProbes(cfg.log_conflicts_every))
+    if trainer.model.adapter is not None:
+        callbacks.append(AdapterLog())
     if cfg.ema_decay:
         callbacks.append(AverageWeights(trainer.model, cfg.ema_decay))
     callbacks += [
