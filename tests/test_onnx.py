@@ -68,6 +68,34 @@ def variety(tiny_setup, tmp_path_factory):
     return root / "model", export_onnx(root / "model", root / "fp32")
 
 
+@pytest.fixture(scope="module", params=["molora", "pals"])
+def adapted(tiny_setup, tmp_path_factory, request):
+    """A model dir whose tasks each read their own adapter (random, so that it acts)."""
+    from minbert.model.adapters import is_base_parameter
+
+    sets = {
+        "molora": ["adapter.kind=molora", "adapter.molora.r=4"],
+        "pals": ["adapter.kind=pals", "adapter.pals.size=16", "adapter.pals.heads=4"],
+    }[request.param]
+    config = run_config(tiny_setup, "heads.sst.own_layers=1", *sets)
+    encoder, tokenizer = load_pretrained(str(tiny_setup / "model"))
+    torch.manual_seed(2)
+    model = MultiTaskModel(encoder, config.head_specs(), adapter=config.adapter).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not is_base_parameter(name):  # adapters and heads; the base stays the base
+                p.normal_(0, 0.3)
+    root = tmp_path_factory.mktemp(request.param)
+    save_model_dir(model, tokenizer, config, root / "model", {})
+    return root / "model", export_onnx(root / "model", root / "onnx")
+
+
+@pytest.mark.parametrize("task", ["sst", "quora", "sts"])
+def test_onnx_graphs_of_per_task_adapters_equal_pytorch(adapted, tiny_setup, task):
+    model_dir, folder = adapted
+    _check_parity(model_dir, folder, task, tiny_setup)
+
+
 def _rows(setup, task):
     dev = read_task_file(setup / "data" / TASKS[task].files["dev"], TASKS[task], "dev")
     extra = [(LONG,), ("a",)] if len(dev.texts[0]) == 1 else [(LONG, "a dog"), ("a", LONG)]

@@ -99,7 +99,7 @@ def _bi_encoded_outputs(
         segment = pad_sequences(ids, [np.zeros_like(x) for x in ids], 0, pad_multiple)
         segment = segment.to(device)
         with autocast(device, bf16):
-            pooled = head.embed(model.encoder, segment)
+            pooled = model.embed(data.task, segment)  # in the task's adapter context
         if table is None:
             table = pooled.new_empty(len(distinct), pooled.shape[-1])
         table[torch.from_numpy(rows).to(device)] = pooled

@@ -110,12 +110,15 @@ class SegmentGraph(nn.Module):
         self.encoder = model.encoder
         self.head = model.heads[task]
         self.sequence_head = not isinstance(self.head, BiEncoderHead)
+        # a per-task adapter (LoRA experts, PALs) acts by the task of the forward
+        self.task, self.running = task, model.running
 
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor
     ) -> Tensor | tuple[Tensor, Tensor]:
         segment = Segment(input_ids, attention_mask, token_type_ids)
-        embedding = encode(self.encoder, segment, self.head.pooling, self.head.own_layers)
+        with self.running(self.task):
+            embedding = encode(self.encoder, segment, self.head.pooling, self.head.own_layers)
         if not self.sequence_head:
             return embedding
         out = self.head.classifier(embedding)  # SequenceHead.forward on the pooled vector
