@@ -492,3 +492,42 @@ def test_a_peft_adapter_of_another_rank_or_model_is_refused_naming_the_file(mini
     )
     with pytest.raises(ConfigError, match=r"has shape \(4, 16\); this model expects \(4, 384\)"):
         load_peft(encoder, tmp_path / "rank4", "default")
+
+
+def test_resume_of_a_routed_run_is_exact_with_its_expert_usage(tiny_setup, tmp_path):
+    import signal
+
+    from safetensors.torch import load_file
+    from tiny_run import QUICK, run_config
+
+    from minbert.train.session import TrainingInterrupted
+    from minbert.train.trainer import Trainer
+
+    settings = [*QUICK, "train.checkpoint_every=1", "adapter.kind=molora"]
+    settings += ["adapter.molora.router=token", "adapter.molora.r=2", "train.lr=1e-2"]
+    config = run_config(tiny_setup, *settings)
+    whole = Trainer(config, tmp_path / "whole").run()
+    stopped = Trainer(config, tmp_path / "resumed")
+    original_step = stopped.train_step
+
+    def stop_after_step_3(plan):  # mid-epoch: the epoch's usage so far is in the checkpoint
+        result = original_step(plan)
+        if stopped.state.step == 3:
+            stopped.signals.received = signal.SIGTERM
+        return result
+
+    stopped.train_step = stop_after_step_3
+    with pytest.raises(TrainingInterrupted):
+        stopped.run()
+    resumed = Trainer(config, tmp_path / "resumed", resume=True).run()
+    assert resumed["dev"] == whole["dev"]
+    a = load_file(tmp_path / "whole" / "best" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "best" / "model.safetensors")
+    assert any(".lora_router." in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def usage(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [r["expert_usage"] for r in map(json.loads, lines) if "expert_usage" in r]
+
+    assert len(usage("whole")) == 2 and usage("resumed") == usage("whole")

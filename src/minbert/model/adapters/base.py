@@ -51,6 +51,13 @@ class Adapter:
         """What the run log records after each epoch (the router's expert usage per task)."""
         return {}
 
+    def log_state(self) -> dict:
+        """What ``epoch_log`` has counted so far, for the checkpoint."""
+        return {}
+
+    def load_log_state(self, state: dict) -> None:
+        pass
+
     def terms(self) -> list:
         """Extra terms of every task's loss (the router's balance loss)."""
         return []

@@ -151,6 +151,12 @@ class MoLoRAAdapter(Adapter):
     def epoch_log(self) -> dict:
         return {"expert_usage": self.context.take_usage()} if self.routed else {}
 
+    def log_state(self) -> dict:
+        return {"usage": {t: c.tolist() for t, c in self.context.usage.items()}}
+
+    def load_log_state(self, state: dict) -> None:
+        self.context.usage = {t: torch.tensor(c) for t, c in state.get("usage", {}).items()}
+
     def merge_pairs(self) -> dict[str, str]:
         if self.routed:
             return super().merge_pairs()

@@ -32,7 +32,7 @@ def build_callbacks(trainer, extra: list[Callback] = ()) -> CallbackList:
     if cfg.log_conflicts_every:
         callbacks.append(ConflictProbes(cfg.log_conflicts_every))
     if trainer.model.adapter is not None:
-        callbacks.append(AdapterLog())
+        callbacks.append(AdapterLog(trainer.model.adapter))
     if cfg.ema_decay:
         callbacks.append(AverageWeights(trainer.model, cfg.ema_decay))
     callbacks += [
