@@ -531,3 +531,14 @@ def test_resume_of_a_routed_run_is_exact_with_its_expert_usage(tiny_setup, tmp_p
         return [r["expert_usage"] for r in map(json.loads, lines) if "expert_usage" in r]
 
     assert len(usage("whole")) == 2 and usage("resumed") == usage("whole")
+
+
+def test_the_base_fingerprint_does_not_change_when_the_model_is_cast():
+    # a float64 run of a float32 base (the distributed tests train so) names the same base
+    from minbert.run.model_dir import fingerprint
+
+    state = {"encoder.embeddings.word_embeddings.weight": torch.randn(5, 3)}
+    doubled = {k: v.double() for k, v in state.items()}
+    assert fingerprint(doubled) == fingerprint(state)
+    changed = {k: v + 1e-3 for k, v in state.items()}
+    assert fingerprint(changed) != fingerprint(state)

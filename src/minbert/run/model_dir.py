@@ -73,11 +73,16 @@ def save_model_dir(
 
 
 def fingerprint(state: dict[str, torch.Tensor]) -> str:
-    """sha256 of the base weights in ``state`` (names, dtypes, shapes and values)."""
+    """sha256 of the base weights in ``state`` (names, shapes and values). Floating tensors
+    are hashed as float32, the dtype base weights are loaded in, so a run whose model was cast
+    (to float64, say) still names the base it started from."""
     digest = hashlib.sha256()
     for key in sorted(k for k in state if is_base_parameter(k)):
-        tensor = state[key].detach().contiguous().cpu()
-        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        tensor = state[key].detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.float()
+        tensor = tensor.contiguous()
+        digest.update(f"{key}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 

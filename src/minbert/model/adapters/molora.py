@@ -101,7 +101,8 @@ class RoutedLoRALinear(LoRALinear):
     def forward(self, x: Tensor) -> Tensor:
         out = F.linear(x, self.weight, self.bias)
         names, e, r = list(self.lora_A), len(self.lora_A), self.r
-        probs = self.lora_router(x).float().softmax(-1)  # (..., E)
+        logits = self.lora_router(x)  # under bf16 autocast the softmax still runs in float32
+        probs = logits.softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))
         top, chosen = probs.topk(self.top_k, dim=-1)  # (..., k)
         gates = torch.zeros_like(probs).scatter(-1, chosen, top / top.sum(-1, keepdim=True))
         a = torch.cat([self.lora_A[n].weight for n in names])  # (E r, in)
@@ -152,10 +153,13 @@ class MoLoRAAdapter(Adapter):
         return {"expert_usage": self.context.take_usage()} if self.routed else {}
 
     def log_state(self) -> dict:
+        if not self.routed:
+            return {}
         return {"usage": {t: c.tolist() for t, c in self.context.usage.items()}}
 
     def load_log_state(self, state: dict) -> None:
-        self.context.usage = {t: torch.tensor(c) for t, c in state.get("usage", {}).items()}
+        if self.routed:
+            self.context.usage = {t: torch.tensor(c) for t, c in state.get("usage", {}).items()}
 
     def merge_pairs(self) -> dict[str, str]:
         if self.routed:
