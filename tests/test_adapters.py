@@ -542,3 +542,23 @@ def test_the_base_fingerprint_does_not_change_when_the_model_is_cast():
     assert fingerprint(doubled) == fingerprint(state)
     changed = {k: v + 1e-3 for k, v in state.items()}
     assert fingerprint(changed) != fingerprint(state)
+
+
+def test_a_run_fingerprinted_as_before_still_loads(lora_run, tmp_path):
+    # runs before the float32 fingerprint hashed the tensors as they were, dtype included
+    import shutil
+
+    from minbert.run.manifest import write_manifest
+    from minbert.run.model_dir import fingerprint, load_model_dir
+
+    copy_dir = tmp_path / "run"
+    shutil.copytree(lora_run, copy_dir)
+    model, _, _ = load_model_dir(copy_dir)
+    meta_file = copy_dir / "best" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["base"]["fingerprint"] == fingerprint(model.state_dict())
+    meta["base"]["fingerprint"] = fingerprint(model.state_dict(), as_saved=True)
+    meta_file.write_text(json.dumps(meta))
+    write_manifest(copy_dir / "best")
+    rebuilt, _, _ = load_model_dir(copy_dir)
+    assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in model.state_dict().items())

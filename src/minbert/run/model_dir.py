@@ -72,17 +72,20 @@ def save_model_dir(
     swap_in(tmp, out)
 
 
-def fingerprint(state: dict[str, torch.Tensor]) -> str:
+def fingerprint(state: dict[str, torch.Tensor], as_saved: bool = False) -> str:
     """sha256 of the base weights in ``state`` (names, shapes and values). Floating tensors
     are hashed as float32, the dtype base weights are loaded in, so a run whose model was cast
-    (to float64, say) still names the base it started from."""
+    (to float64, say) still names the base it started from. ``as_saved``: the tensors as
+    they are, dtype in the hash, as runs before commit dfdf00e wrote it (still accepted)."""
     digest = hashlib.sha256()
     for key in sorted(k for k in state if is_base_parameter(k)):
         tensor = state[key].detach().cpu()
-        if tensor.is_floating_point():
-            tensor = tensor.float()
+        if as_saved:
+            digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        else:
+            tensor = tensor.float() if tensor.is_floating_point() else tensor
+            digest.update(f"{key}:{tuple(tensor.shape)};".encode())
         tensor = tensor.contiguous()
-        digest.update(f"{key}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
@@ -139,7 +142,8 @@ def load_model_dir(run_or_dir: str | Path) -> tuple[MultiTaskModel, Tokenizer, C
     state = read_checked(weights, read_safetensors, advice)
     expected = model.state_dict()
     if base:
-        if fingerprint(expected) != base["fingerprint"]:
+        known = {fingerprint(expected), fingerprint(expected, as_saved=True)}
+        if base["fingerprint"] not in known:
             raise WeightsError(
                 f"{model_dir}: the weights of its base {base['model']!r} are not the ones the "
                 "adapter was trained on (the base changed since); train the adapter again"
