@@ -10,16 +10,12 @@ Prints one JSON line per arm.
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from per_process import ROOT, peak_rss_mib, run_arms
+
 ARMS = {
     "full": ("configs/default.toml", []),
     "lora-r8": ("configs/lora.toml", []),
@@ -59,26 +55,14 @@ def measure(arm: str, steps: int, warmup: int, threads: int) -> dict:
         "checkpoint_mib": round(size / 2**20, 2),
         "steps": steps,
         "seconds_per_step": round(seconds / steps, 3),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mib": peak_rss_mib(),
         "threads": threads,
         "bf16": trainer.bf16,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", choices=sorted(ARMS), help="one arm, in this process")
-    args = parser.parse_args()
-    if args.only:
-        print(json.dumps(measure(args.only, args.steps, args.warmup, args.threads)), flush=True)
-        return
-    for arm in ARMS:  # a process each: its own peak RSS
-        command = [sys.executable, __file__, "--only", arm, "--steps", str(args.steps)]
-        command += ["--warmup", str(args.warmup), "--threads", str(args.threads)]
-        subprocess.run(command, check=True, cwd=ROOT)
+    run_arms(__file__, __doc__, list(ARMS), measure, steps=30)
 
 
 if __name__ == "__main__":

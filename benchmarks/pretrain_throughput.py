@@ -11,16 +11,12 @@ head warm-up is off, so every step trains the encoder. Prints one JSON line per 
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from per_process import ROOT, peak_rss_mib, run_arms
+
 CONFIGS = {
     "mlm": "configs/pretrain-mlm.toml",
     "simcse-unsup": "configs/pretrain-simcse-unsup.toml",
@@ -64,26 +60,14 @@ def measure(name: str, steps: int, warmup: int, threads: int) -> dict:
         "batch": config.train.batch_size,
         "seconds_per_step": round(seconds / steps, 3),
         "tokens_per_second": round(tokens[0] / seconds),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mib": peak_rss_mib(),
         "threads": threads,
         "bf16": trainer.bf16,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", choices=sorted(CONFIGS), help="one objective, in this process")
-    args = parser.parse_args()
-    if args.only:
-        print(json.dumps(measure(args.only, args.steps, args.warmup, args.threads)), flush=True)
-        return
-    for name in CONFIGS:  # a process each: its own peak RSS
-        command = [sys.executable, __file__, "--only", name, "--steps", str(args.steps)]
-        command += ["--warmup", str(args.warmup), "--threads", str(args.threads)]
-        subprocess.run(command, check=True, cwd=ROOT)
+    run_arms(__file__, __doc__, list(CONFIGS), measure, steps=40)
 
 
 if __name__ == "__main__":

@@ -411,6 +411,15 @@ def _hf_inputs(tokenizer):
     return ids, (ids != 0).long()
 
 
+def _assert_same_outputs(peft_model, encoder, tokenizer) -> None:
+    ids, mask = _hf_inputs(tokenizer)
+    with torch.no_grad():
+        want = peft_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = encoder(ids, mask).last_hidden_state
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max() <= 1e-4
+
+
 def test_peft_loads_a_minbert_lora_adapter_with_the_same_outputs(minilm_dir, tmp_path):
     from transformers import BertModel as HFBertModel
 
@@ -424,12 +433,7 @@ def test_peft_loads_a_minbert_lora_adapter_with_the_same_outputs(minilm_dir, tmp
     save_peft(encoder, tmp_path / "adapter", "default", config.lora, str(minilm_dir))
     hf = HFBertModel.from_pretrained(minilm_dir, add_pooling_layer=True).eval()
     peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
-    ids, mask = _hf_inputs(tokenizer)
-    with torch.no_grad():
-        want = peft_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        got = encoder(ids, mask).last_hidden_state
-    real = mask.bool()
-    assert (got[real] - want[real]).abs().max() <= 1e-4
+    _assert_same_outputs(peft_model, encoder, tokenizer)
 
 
 def test_minbert_loads_an_adapter_peft_created(minilm_dir, tmp_path):
@@ -454,30 +458,17 @@ def test_minbert_loads_an_adapter_peft_created(minilm_dir, tmp_path):
         load_peft(encoder, tmp_path / "with-pooler", "default")
     peft_model = made_by_peft(ALL_TARGETS, "standard")
     load_peft(encoder, tmp_path / "standard", "default")
-    ids, mask = _hf_inputs(tokenizer)
-    with torch.no_grad():
-        want = peft_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        got = encoder(ids, mask).last_hidden_state
-    real = mask.bool()
-    assert (got[real] - want[real]).abs().max() <= 1e-4
+    _assert_same_outputs(peft_model, encoder, tokenizer)
 
 
 def test_a_peft_adapter_of_another_rank_or_model_is_refused_naming_the_file(minilm_dir, tmp_path):
     from transformers import BertModel as HFBertModel
 
-    from minbert.model.adapters.lora import load_peft
+    from minbert.model.adapters.lora import ALL_TARGETS, load_peft
 
     hf = HFBertModel.from_pretrained(minilm_dir).eval()
-    targets = [
-        "query",
-        "key",
-        "value",
-        "attention.output.dense",
-        "intermediate.dense",
-        "output.dense",
-    ]
     for r, name in ((8, "rank8"), (4, "rank4")):
-        config = peft.LoraConfig(r=r, lora_alpha=8, target_modules=targets)
+        config = peft.LoraConfig(r=r, lora_alpha=8, target_modules=list(ALL_TARGETS))
         peft.get_peft_model(copy.deepcopy(hf), config).save_pretrained(tmp_path / name)
     encoder, _, _ = _minilm_lora(minilm_dir)
     with pytest.raises(ConfigError, match=r"rank8/adapter_config.json: r is 8; .* needs 4"):
@@ -495,31 +486,16 @@ def test_a_peft_adapter_of_another_rank_or_model_is_refused_naming_the_file(mini
 
 
 def test_resume_of_a_routed_run_is_exact_with_its_expert_usage(tiny_setup, tmp_path):
-    import signal
-
     from safetensors.torch import load_file
-    from tiny_run import QUICK, run_config
+    from tiny_run import QUICK, run_config, stop_after_step_then_resume
 
-    from minbert.train.session import TrainingInterrupted
     from minbert.train.trainer import Trainer
 
     settings = [*QUICK, "train.checkpoint_every=1", "adapter.kind=molora"]
     settings += ["adapter.molora.router=token", "adapter.molora.r=2", "train.lr=1e-2"]
     config = run_config(tiny_setup, *settings)
     whole = Trainer(config, tmp_path / "whole").run()
-    stopped = Trainer(config, tmp_path / "resumed")
-    original_step = stopped.train_step
-
-    def stop_after_step_3(plan):  # mid-epoch: the epoch's usage so far is in the checkpoint
-        result = original_step(plan)
-        if stopped.state.step == 3:
-            stopped.signals.received = signal.SIGTERM
-        return result
-
-    stopped.train_step = stop_after_step_3
-    with pytest.raises(TrainingInterrupted):
-        stopped.run()
-    resumed = Trainer(config, tmp_path / "resumed", resume=True).run()
+    resumed = stop_after_step_then_resume(config, tmp_path / "resumed", 3)  # mid-epoch
     assert resumed["dev"] == whole["dev"]
     a = load_file(tmp_path / "whole" / "best" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "best" / "model.safetensors")

@@ -4,7 +4,6 @@ determinism, pair symmetry, the augmented stream, resume, `minbert augment` and 
 from __future__ import annotations
 
 import json
-import signal
 from collections import Counter
 from pathlib import Path
 
@@ -33,7 +32,6 @@ from minbert.data.augment import (
 )
 from minbert.data.io import read_task_file
 from minbert.data.tasks import TASKS
-from minbert.train.session import TrainingInterrupted
 from minbert.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,7 +233,7 @@ def test_an_augmented_stream_has_fresh_copies_every_epoch_and_the_originals_labe
 
 
 def test_resume_with_augmentation_on_is_exact(tiny_setup, tmp_path):
-    from tiny_run import QUICK, run_config
+    from tiny_run import QUICK, run_config, stop_after_step_then_resume
 
     settings = [
         *QUICK,
@@ -250,19 +248,7 @@ def test_resume_with_augmentation_on_is_exact(tiny_setup, tmp_path):
     ]
     config = run_config(tiny_setup, *settings)
     whole = Trainer(config, tmp_path / "whole").run()
-    stopped = Trainer(config, tmp_path / "resumed")
-    original_step = stopped.train_step
-
-    def stop_after_step_5(plan):
-        result = original_step(plan)
-        if stopped.state.step == 5:
-            stopped.signals.received = signal.SIGTERM
-        return result
-
-    stopped.train_step = stop_after_step_5
-    with pytest.raises(TrainingInterrupted):
-        stopped.run()
-    resumed = Trainer(config, tmp_path / "resumed", resume=True).run()
+    resumed = stop_after_step_then_resume(config, tmp_path / "resumed", 5)
     assert resumed["dev"] == whole["dev"]
     a = load_file(tmp_path / "whole" / "best" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "best" / "model.safetensors")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
-from tiny_run import run_config
+from tiny_run import run_config, stop_after_step
 
 from minbert.cli import main
 from minbert.config import ConfigError
@@ -66,18 +65,6 @@ def test_a_tiny_mlm_pretraining_lowers_its_own_loss(tiny_setup, tmp_path):
     assert records[0]["examples"]["mlm"] > 0 and not (tmp_path / "run" / "predictions").exists()
 
 
-def _stop_after(trainer: Trainer, step: int) -> None:
-    original = trainer.train_step
-
-    def stopping(plan):
-        result = original(plan)
-        if trainer.state.step == step:
-            trainer.signals.received = signal.SIGTERM
-        return result
-
-    trainer.train_step = stopping
-
-
 @pytest.mark.parametrize("mode", ["unsup", "sup"])
 def test_a_stopped_pretraining_run_resumes_exactly(tiny_setup, tmp_path, mode):
     settings = [
@@ -94,7 +81,7 @@ def test_a_stopped_pretraining_run_resumes_exactly(tiny_setup, tmp_path, mode):
     config = pretrain_config(tiny_setup, *settings)
     whole = Trainer(config, tmp_path / "whole").run()
     stopped = Trainer(config, tmp_path / "resumed")
-    _stop_after(stopped, 2)
+    stop_after_step(stopped, 2)
     with pytest.raises(TrainingInterrupted):
         stopped.run()
     resumed = Trainer(config, tmp_path / "resumed", resume=True).run()
@@ -138,7 +125,7 @@ def test_a_run_without_a_trained_encoder_is_refused_by_name(tiny_setup, tmp_path
     pre = tmp_path / "pre"
     config = pretrain_config(tiny_setup, "pretrain.mlm.weight=1", "train.epochs=1")
     stopped = Trainer(config, pre)
-    _stop_after(stopped, 1)
+    stop_after_step(stopped, 1)
     with pytest.raises(TrainingInterrupted):
         stopped.run()
     with pytest.raises(WeightsError, match=r"pre: a minbert run without a trained encoder"):

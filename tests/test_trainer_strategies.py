@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_run import run_config
+from tiny_run import run_config, stop_after_step_then_resume
 
 from minbert.config import ConfigError, load_config
 from minbert.eval.report import joined_step_log
 from minbert.train.conflicts import conflict_stats, epoch_fields, log_conflicts
-from minbert.train.trainer import Trainer, TrainingInterrupted
+from minbert.train.trainer import Trainer
 
 SHORT = ["train.epochs=2", "train.steps_per_epoch=3", "train.threads=1"]
 PAIRS = {"sst/quora", "sst/sts", "quora/sts"}
@@ -116,19 +115,9 @@ def test_strategy_and_smart_state_resume_exactly(tiny_setup, tmp_path):
     config = run_config(tiny_setup, *settings)
     Trainer(config, tmp_path / "whole").run()
 
-    stopped = Trainer(config, tmp_path / "resumed")
-    original_step = stopped.train_step
-
-    def stop_after_step_4(plan):
-        result = original_step(plan)
-        if stopped.state.step == 4:  # mid-epoch 2, between two conflict logs
-            stopped.signals.received = signal.SIGTERM
-        return result
-
-    stopped.train_step = stop_after_step_4
-    with pytest.raises(TrainingInterrupted):
-        stopped.run()
-    Trainer(config, tmp_path / "resumed", resume=True).run()
+    stop_after_step_then_resume(
+        config, tmp_path / "resumed", 4
+    )  # mid-epoch 2, between two conflict logs
 
     timing = {"train_seconds", "elapsed_seconds", "epoch_seconds", "peak_rss_mib"}
     strip = [{k: v for k, v in r.items() if k not in timing} for r in _records(tmp_path / "whole")]

@@ -75,3 +75,34 @@ def tiny_overrides(root: Path) -> list[str]:
 def run_config(root: Path, *overrides: str) -> Config:
     """The tiny run's config (``tiny_overrides``), ``overrides`` on top."""
     return load_config(None, [*tiny_overrides(root), *overrides])
+
+
+def stop_after_step(trainer, step: int) -> None:
+    """Make ``trainer`` receive SIGTERM after optimiser step ``step``, as a signal would: the
+    step finishes, a checkpoint is written, the run raises ``TrainingInterrupted``."""
+    import signal
+
+    original = trainer.train_step
+
+    def stopping(plan):
+        result = original(plan)
+        if trainer.state.step == step:
+            trainer.signals.received = signal.SIGTERM
+        return result
+
+    trainer.train_step = stopping
+
+
+def stop_after_step_then_resume(config: Config, out: Path, step: int) -> dict:
+    """Train ``config`` into ``out``, stopped after ``step`` (``stop_after_step``), then
+    resume it to the end; the resumed run's summary."""
+    import pytest
+
+    from minbert.train.session import TrainingInterrupted
+    from minbert.train.trainer import Trainer
+
+    stopped = Trainer(config, out)
+    stop_after_step(stopped, step)
+    with pytest.raises(TrainingInterrupted):
+        stopped.run()
+    return Trainer(config, out, resume=True).run()
