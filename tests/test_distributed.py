@@ -174,7 +174,9 @@ def test_sigterm_to_torchrun_stops_every_rank_after_a_step_and_resumes(tiny_setu
     assert child.returncode != 0
     step = load_state(RunDir(out).last)["run"]["step"]
     assert 6 <= step < 24
-    assert f"SIGTERM: stopped after step {step}" in stderr
+    # after a step, or after the epoch's evaluation when the signal came during it (under load)
+    assert "SIGTERM: stopped after " in stderr, stderr[-6000:]
+    assert f"the state after step {step} is saved in" in stderr, stderr[-6000:]
     assert f"Resume with: torchrun --nproc_per_node=2 -m minbert train --resume {out}" in stderr
     resumed = torchrun(out, [], "--double", resume=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
