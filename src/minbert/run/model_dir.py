@@ -142,8 +142,8 @@ def load_model_dir(run_or_dir: str | Path) -> tuple[MultiTaskModel, Tokenizer, C
     state = read_checked(weights, read_safetensors, advice)
     expected = model.state_dict()
     if base:
-        known = {fingerprint(expected), fingerprint(expected, as_saved=True)}
-        if base["fingerprint"] not in known:
+        want = base["fingerprint"]
+        if want != fingerprint(expected) and want != fingerprint(expected, as_saved=True):
             raise WeightsError(
                 f"{model_dir}: the weights of its base {base['model']!r} are not the ones the "
                 "adapter was trained on (the base changed since); train the adapter again"
