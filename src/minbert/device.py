@@ -12,6 +12,8 @@ import resource
 
 import torch
 
+from minbert import machine
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -22,10 +24,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def fast_bf16(device: torch.device) -> bool:
-    """True where bf16 matmuls are fast: CUDA with bf16 support, or a CPU with AMX / AVX512-BF16."""
+    """True where bf16 matmuls are fast: CUDA with bf16 support, or a CPU whose math libraries
+    may use AMX or AVX512-BF16 (not one limited to AVX2 by the environment: machine.py)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    return machine.effective_kind() in machine.BF16_KINDS
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

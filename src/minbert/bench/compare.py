@@ -11,11 +11,11 @@ import logging
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from minbert import machine
 from minbert.bench.ablation import run_ablation
 from minbert.bench.measure import (
     FLOP_FORMULA,
@@ -296,13 +296,7 @@ def headline_ratios(setups: dict[str, dict]) -> dict:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    return machine.cpu_model()
 
 
 def environment(device: torch.device) -> dict:
@@ -313,6 +307,12 @@ def environment(device: torch.device) -> dict:
         "device_name": device_name(device),
         "threads": torch.get_num_threads(),
         "fast_bf16": fast_bf16(device),
+        # precision is the setup's (both are timed); the rest says which machine this was
+        **{
+            k: v
+            for k, v in machine.describe(device, False).items()
+            if k not in ("precision", "device")
+        },
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),

@@ -3,6 +3,7 @@ it, the ablation and sweep tables, from the results ``throughput.run`` collects.
 
 from __future__ import annotations
 
+from minbert import machine
 from minbert.bench.options import ABLATIONS, PEER
 
 
@@ -69,11 +70,20 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def _cpu_text(env: dict) -> str:
+    # benchmark JSON written before the machine record had no cpu_extensions
+    if "cpu_extensions" not in env:
+        return ""
+    cpu = "" if env["device"] == "cpu" else f"host {env['cpu']} "
+    return f"{cpu}{machine.extensions_text(env)}, "
+
+
 def markdown_report(results: dict) -> str:
     env, options = results["environment"], results["options"]
     parts = [
         f"## minbert vs {PEER} {env['transformers']} — {options['model']} on "
-        f"{env['device_name']} ({env['device']}, torch threads: {env['threads']}), torch "
+        f"{env['device_name']} ({env['device']}, {_cpu_text(env)}torch threads: {env['threads']}), "
+        f"torch "
         f"{env['torch']}, {env['date_utc']}",
         "",
         f"Batch {options['batch_size']} (scoring {options['eval_batch_size']}), max length "

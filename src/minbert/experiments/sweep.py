@@ -32,9 +32,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minbert import machine
 from minbert.config import Config, load_config
 from minbert.errors import UserError
 from minbert.experiments import read_toml_spec
@@ -278,6 +280,7 @@ def collect(spec: Spec, out: Path) -> None:
             "dev": final["dev"],
             "best_epoch": final.get("best_epoch"),
             "train_wall_seconds": final.get("train_wall_seconds"),
+            "machine": final.get("machine"),
         }
         write_atomic(_kept(out, arm.name, seed), json.dumps(kept, indent=1) + "\n")
 
@@ -368,6 +371,7 @@ def write_tables(spec: Spec, out: Path) -> dict:
         "|---|---|" + "---|" * (len(metrics) + 1),
         *rows,
         "",
+        *_machines_line(results),
         f"Paired change against `{spec.baseline}` (same seeds): mean [95% t-interval], "
         "two-sided paired t-test.",
         "",
@@ -380,6 +384,19 @@ def write_tables(spec: Spec, out: Path) -> dict:
     write_atomic(out / "sweep.json", json.dumps(summary, indent=1) + "\n")
     _forest(summary, metrics, out / "forest.png")
     return summary
+
+
+def _machines_line(results: dict[str, dict[int, dict]]) -> list[str]:
+    """Where the runs' times were measured: wall times of different machines do not compare."""
+    counts = Counter(
+        machine.label(r["machine"]) if r.get("machine") else "not recorded"
+        for runs in results.values()
+        for r in runs.values()
+    )
+    if set(counts) <= {"not recorded"}:
+        return []
+    text = "; ".join(f"{name} ({n} run{'s' * (n != 1)})" for name, n in counts.most_common())
+    return [f"Machines: {text}.", ""]
 
 
 def _forest(summary: dict, metrics: list[str], path: Path) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from minbert import machine
 from minbert.config import Config, ConfigError
 from minbert.data.schedules import plan_epochs
 from minbert.data.splits import load_split, load_training_data, training_streams
@@ -117,6 +118,7 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         self.device = self.world.device(resolve_device(config.train.device))
         self.bf16 = use_bf16(config.train.precision, self.device)
+        self.machine = machine.describe(self.device, self.bf16)
         m = config.model
         encoder, self.tokenizer = load_pretrained(
             m.name,
@@ -321,11 +323,11 @@ class Trainer:
     def _run(self) -> dict:
         cfg = self.config.train
         log.info(
-            "training %s on %s (%s, bf16=%s): %d steps over %d epoch(s), schedule %s",
+            "training %s on %s (%s; %s): %d steps over %d epoch(s), schedule %s",
             "+".join(self.objectives),
             self.device,
             self.config.model.name,
-            self.bf16,
+            machine.label(self.machine),
             self.total_steps,
             cfg.epochs,
             cfg.schedule,
@@ -345,6 +347,7 @@ class Trainer:
             "train_wall_seconds": round(self.state.elapsed_seconds, 1),
             "device": str(self.device),
             "bf16": self.bf16,
+            "machine": self.machine,
             "parameters": {
                 "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                 "total": sum(p.numel() for p in self.model.parameters()),
@@ -445,7 +448,7 @@ class Trainer:
         st.elapsed_seconds += time.perf_counter() - eval_start
         lr = self.scheduler.get_last_lr()[0]
         record = st.epoch_record(list(self.objectives), plan, dev, lr) | peak_memory(self.device)
-        record |= epoch_fields(st.step_log) | extra
+        record |= epoch_fields(st.step_log) | extra | {"machine": self.machine}
         if st.term_sum:
             record["train_terms"] = st.term_means()
         records = [*self.run_dir.read_metrics(), record]

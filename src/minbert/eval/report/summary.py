@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minbert import machine
 from minbert.config import Config
 from minbert.data.io import TaskData
 from minbert.data.tasks import TASKS, TaskSpec
@@ -149,6 +150,13 @@ def _trained_line(config: Config) -> str:
             )
         line += f"; auxiliary: {', '.join(aux)}"
     return f"{line}. {model}"
+
+
+def _machine_text(final: dict) -> str:
+    if "machine" in final:
+        return f"machine: {machine.label(final['machine'])}"
+    # final.json written before runs recorded their machine
+    return f"device: {final.get('device', 'unknown')}; bf16: {final.get('bf16', 'unknown')}"
 
 
 def _parameters_line(run: RunDir, final: dict) -> str:
@@ -481,8 +489,7 @@ def write_report(run_dir: str | Path) -> Path:
         wall = final.get("train_wall_seconds")
         wall_text = _duration(wall) if isinstance(wall, int | float) else "unknown"
         lines += [
-            f"Total training wall time: {wall_text}; device: {final.get('device', 'unknown')}; "
-            f"bf16: {final.get('bf16', 'unknown')}.",
+            f"Total training wall time: {wall_text}; {_machine_text(final)}.",
             "",
             _parameters_line(run, final),
             "",
