@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from minbert.bench import compare
 from minbert.bench.compare import headline_ratios
 from minbert.bench.measure import (
     ModelShape,
@@ -18,7 +19,7 @@ from minbert.bench.measure import (
     summarise,
     training_flops,
 )
-from minbert.bench.options import ABLATIONS
+from minbert.bench.options import ABLATIONS, machine_ablations, machine_setup
 from minbert.bench.systems import (
     BenchError,
     build_minbert,
@@ -30,8 +31,11 @@ from minbert.bench.systems import (
 from minbert.cli import build_parser, main
 from minbert.cli_bench import options_from_args
 from minbert.data.batching import Batch, Segment
+from minbert.device import fast_bf16
 
 pytest.importorskip("transformers")  # the peer; a dev dependency
+
+CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -195,23 +199,55 @@ def test_quick_benchmark_end_to_end_on_the_tiny_model(
             assert train["peak_fraction"]["median"] > 0
             assert setup["infer"][system]["sentences_per_s"]["median"] > 0
     assert "fixed" in results["setups"]["best"] and "fixed" not in results["setups"]["default"]
-    assert (
-        set(results["ablation"]["train"])
-        == set(ABLATIONS)
-        >= {
-            "best",
-            "manual attention",
-            "fp32",
-            "random batches",
-            "torch's dropout mask",
-            "separate Q, K, V matmuls",
-            "all tokens in the last layer",
-        }
-    )
+    # "fp32" is an ablation only where the best setup is bf16 (machine_ablations)
+    assert set(results["ablation"]["train"]) == set(machine_ablations(fast_bf16(CPU)))
+    assert set(ABLATIONS) >= {
+        "best",
+        "manual attention",
+        "fp32",
+        "random batches",
+        "torch's dropout mask",
+        "separate Q, K, V matmuls",
+        "all tokens in the last layer",
+    }
     assert {r["length"] for r in results["sweep"]["rows"]} == {8, 16}
     assert (tmp_path / "sweep.png").stat().st_size > 0
     report = capsys.readouterr().out
     assert "| best | training, real tokens/s |" in report and "6*N*B*T" in report
+
+
+def test_without_fast_bf16_the_best_setup_and_ablations_are_fp32():
+    assert machine_setup("best", bf16_fast=True).bf16
+    assert not machine_setup("best", bf16_fast=False).bf16
+    assert machine_setup("best", bf16_fast=False).group_lengths
+    plain = machine_ablations(bf16_fast=False)
+    assert "fp32" not in plain and set(plain) == set(ABLATIONS) - {"fp32"}
+    assert not any(v.bf16 for v in plain.values())
+    assert plain["manual attention"].attention == "manual"
+
+
+def test_quick_benchmark_on_a_cpu_without_fast_bf16_times_no_bf16(
+    tiny_setup, tmp_path, monkeypatch, restore_threads
+):
+    # On an AVX2-only CPU bf16 matmuls run hundreds of times slower: the "best" setup in bf16
+    # (and its bf16 matmul peak) made `minbert bench --quick` run for over 15 minutes there.
+    monkeypatch.setattr(compare, "fast_bf16", lambda device: False)
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "bench", "--quick", "--device", "cpu", "--threads", "1",
+            "--model", str(tiny_setup / "model"), "--data-dir", str(tiny_setup / "data"),
+            "--fixed-batch", "4x16", "--matmul-size", "64", "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert {name: s["dtype"] for name, s in results["setups"].items()} == {
+        "default": "fp32",
+        "best": "fp32",
+    }
+    assert set(results["matmul_peak_flops"]) == {"fp32"}
+    assert results["setups"]["best"]["batches"] == "length-grouped"
 
 
 def test_the_benchmark_script_wraps_the_cli():

@@ -1,12 +1,13 @@
 """Ablation: minbert alone, with each optimisation of the best setup switched off in turn
-(``ABLATIONS`` in ``options``), measured repetition by repetition against the best setup."""
+(``ABLATIONS`` in ``options``, as ``machine_ablations`` adapts them), measured repetition by
+repetition against the best setup."""
 
 from __future__ import annotations
 
 import torch
 
 from minbert.bench.measure import ModelShape, alternating_runs, pair_ratios, summarise
-from minbert.bench.options import ABLATIONS, BenchOptions, Variant
+from minbert.bench.options import BenchOptions, Variant, machine_ablations
 from minbert.bench.systems import (
     BenchData,
     System,
@@ -17,6 +18,7 @@ from minbert.bench.systems import (
     train_run,
     training_batches,
 )
+from minbert.device import fast_bf16
 from minbert.model.bert import BertSelfAttention
 from minbert.model.dropout import Dropout
 
@@ -42,6 +44,7 @@ def run_ablation(
     """minbert alone: real training tokens/s and scoring sentences/s of each variant, and the
     speed-up the optimisation brings (best ÷ variant), repetition by repetition. Grouped and
     random batches hold different rows, so variants are compared by rate, not by seconds."""
+    ablations = machine_ablations(fast_bf16(device))
     minbert = build_minbert(options.model, "sdpa", options.seed)
     minbert.model.to(device)
     train = {
@@ -63,18 +66,18 @@ def run_ablation(
     ):
 
         def variant(name: str, limit: int | None = None, runner=runner, batches=batches) -> None:
-            chosen = ABLATIONS[name]
+            chosen = ablations[name]
             apply_variant(minbert, chosen)
             runner(minbert, batches[chosen.grouped][:limit], device, chosen.bf16)
 
-        for name in ABLATIONS:
+        for name in ablations:
             variant(name, warmup)
         runs = alternating_runs(
-            {name: (lambda n=name: variant(n)) for name in ABLATIONS}, options.reps, device
+            {name: (lambda n=name: variant(n)) for name in ablations}, options.reps, device
         )
         amount = {g: getattr(count_work(batches[g], shape), unit) for g in (True, False)}
         speed = {
-            name: [amount[ABLATIONS[name].grouped] / r.seconds for r in rs]
+            name: [amount[ablations[name].grouped] / r.seconds for r in rs]
             for name, rs in runs.items()
         }
         out[phase] = {

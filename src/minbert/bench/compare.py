@@ -26,7 +26,7 @@ from minbert.bench.measure import (
     pair_ratios,
     summarise,
 )
-from minbert.bench.options import DTYPES, SETUPS, BenchOptions, Setup
+from minbert.bench.options import DTYPES, BenchOptions, Setup, machine_setup
 from minbert.bench.systems import (
     TASK_NAMES,
     BenchData,
@@ -61,10 +61,11 @@ def compare_systems(options: BenchOptions, device: torch.device) -> dict:
     data = load_bench_data(
         options.data_dir, tokenizer, options.max_length, options.train_limit, options.dev_limit
     )
-    used = [SETUPS[s] for s in options.setups] if options.compare else []
+    bf16_fast = fast_bf16(device)
+    used = {s: machine_setup(s, bf16_fast) for s in options.setups} if options.compare else {}
     size = matmul_size(options, device)
     peaks = {}
-    for dtype in sorted({s.dtype for s in used}):
+    for dtype in sorted({s.dtype for s in used.values()}):
         peaks[dtype] = matmul_peak(device, DTYPES[dtype], size)
         log.info("matmul peak %s (%d^3): %.3g FLOP/s", dtype, size, peaks[dtype])
     out: dict = {
@@ -76,7 +77,7 @@ def compare_systems(options: BenchOptions, device: torch.device) -> dict:
     }
     if options.compare:
         for name in options.setups:
-            out["setups"][name] = bench_setup(SETUPS[name], options, data, shape, peaks, device)
+            out["setups"][name] = bench_setup(used[name], options, data, shape, peaks, device)
             release_memory(device)
         out.update(headline_ratios(out["setups"]))
     if options.ablate:

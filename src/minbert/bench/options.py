@@ -7,7 +7,7 @@ but ``systems.BenchError``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -61,6 +61,23 @@ ABLATIONS = {
     "padding computed too": Variant(packed=False),
     "eager AdamW update": Variant(compiled_optimizer=False),
 }
+
+
+def machine_setup(name: str, bf16_fast: bool) -> Setup:
+    """Setup ``name`` as this machine runs it: bf16 only where bf16 matmuls are fast. Where
+    they are not (AVX2-only CPUs), bf16 autocast is hundreds of times slower than fp32
+    (docs/PERFORMANCE.md) and would make "best" the slowest setup, as training with
+    ``precision = "auto"`` never would."""
+    setup = SETUPS[name]
+    return setup if bf16_fast or not setup.bf16 else replace(setup, bf16=False)
+
+
+def machine_ablations(bf16_fast: bool) -> dict[str, Variant]:
+    """``ABLATIONS`` as this machine runs them: without fast bf16 the best setup is fp32
+    already, so the "fp32" variant would repeat it."""
+    if bf16_fast:
+        return ABLATIONS
+    return {name: replace(v, bf16=False) for name, v in ABLATIONS.items() if name != "fp32"}
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ import torch
 
 from minbert.bench.compare import build_systems, device_name
 from minbert.bench.measure import alternating_runs
-from minbert.bench.options import PEER, SETUPS, BenchOptions
+from minbert.bench.options import PEER, BenchOptions, machine_setup
 from minbert.bench.systems import System, TaskBatch, score_run, synthetic_batch, train_run
+from minbert.device import fast_bf16
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 def run_sweep(options: BenchOptions, device: torch.device) -> list[dict]:
     """Tokens/s of both systems on full (unpadded) synthetic batches of every length x batch
     size, training steps and inference, in the ``sweep_setup`` configuration."""
-    setup = SETUPS[options.sweep_setup]
+    setup = machine_setup(options.sweep_setup, fast_bf16(device))
     minbert, peer = build_systems(setup, options, device)
     systems = {"minbert": minbert, "peer": peer}
     longest = minbert.model.encoder.config.max_position_embeddings
@@ -78,7 +79,7 @@ def sweep_point(
 
 
 def sweep_title(options: BenchOptions, device: torch.device) -> str:
-    setup = SETUPS[options.sweep_setup]
+    setup = machine_setup(options.sweep_setup, fast_bf16(device))
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     attention = setup.peer_attention or "default"
     return (
