@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``minbert bench`` (and ``benchmarks/throughput.py``)."""
     defaults = BenchOptions()
     add = parser.add_argument
-    add("--quick", action="store_true", help="fewer batches and repetitions (under a minute)")
+    add("--quick", action="store_true", help="fewer batches and repetitions (a few minutes)")
     add("--json", dest="json_path", metavar="PATH", help="write every figure as JSON here")
     add("--device", choices=["auto", "cpu", "cuda"], help=f"default: {defaults.device}")
     add("--model", help=f"pretrained model name or HF directory (default: {defaults.model})")
