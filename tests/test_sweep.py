@@ -131,6 +131,16 @@ def test_a_result_copied_from_another_sweep_is_not_run_again(tiny_setup, tmp_pat
     assert "| smooth | 1/1 |" in capsys.readouterr().out
 
 
+def test_table_only_with_no_finished_run_is_a_clear_error(tiny_setup, tmp_path, capsys):
+    # It crashed in matplotlib ("Number of columns must be a positive integer, not 0").
+    from minbert.cli import main
+
+    spec = _write_spec(tmp_path / "spec.toml", tiny_setup, ARMS, seeds=[1])
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "empty"), "--table-only"]) != 0
+    err = capsys.readouterr().err
+    assert "nothing to tabulate: no finished run of spec.toml" in err and "Traceback" not in err
+
+
 def test_a_failed_run_is_reported_and_the_others_go_on(tiny_setup, tmp_path, capsys):
     from minbert.cli import main
 

@@ -321,6 +321,11 @@ def _change(c: Paired | None) -> str:
 def write_tables(spec: Spec, out: Path) -> dict:
     """``sweep.json``, ``sweep.md`` and ``forest.png`` from the kept results."""
     results = read_results(spec, out)
+    if not any(results.values()):
+        raise SweepError(
+            f"nothing to tabulate: no finished run of {spec.path.name} in {out / 'results'}"
+            + ("" if (out / "results").is_dir() else " (that folder does not exist)")
+        )
     metrics = spec.metrics or sorted(
         {m for runs in results.values() for r in runs.values() for m in r["dev"]}
     )
