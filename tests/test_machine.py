@@ -88,3 +88,12 @@ def test_every_record_of_a_run_names_its_machine(tiny_setup, tmp_path):
     assert records and all(r["machine"] == expected for r in records)
     summary = (write_report(run) / "summary.md").read_text()
     assert f"machine: {machine.label(expected)}" in summary
+
+
+def test_kind_labels_name_the_gpu_or_the_cpu_and_its_extensions():
+    cpu = {"cpu": "AMD EPYC", "cpu_extensions": "AVX2", "cpu_extensions_hardware": "AVX512-BF16"}
+    assert (
+        machine.kind_label(cpu | {"emulated": True}) == "AMD EPYC, AVX2 (emulated on AVX512-BF16)"
+    )
+    assert machine.kind_label(cpu | {"emulated": False}) == "AMD EPYC, AVX2"
+    assert machine.kind_label(cpu | {"gpu": "NVIDIA H200"}) == "NVIDIA H200"

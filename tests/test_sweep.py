@@ -395,6 +395,16 @@ def test_the_claims_table_gives_each_claim_its_interval_and_verdict(tiny_setup, 
     assert rows["`mixed` vs `base`"].endswith("| cannot tell at this budget |")
     assert rows["`missing` vs `base`"].endswith("| not measured yet |")
     assert rows["`up` vs `base`"].startswith("| X helps |")
+    assert "; on " not in rows["`up` vs `base`"]  # results kept before runs named machines
+    # a claim's setting names the machines its runs were measured on
+    record = {"cpu": "AMD EPYC", "cpu_extensions": "AVX2", "emulated": False, "threads": 1}
+    up = runs / "c" / "results" / "up-s1.json"
+    up.write_text(json.dumps(json.loads(up.read_text()) | {"machine": record}))
+    row = next(r for r in claims_table(specs, runs).splitlines() if "`up` vs `base`" in r)
+    assert "; on AMD EPYC, AVX2 |" in row
+    up.write_text(
+        json.dumps({k: v for k, v in json.loads(up.read_text()).items() if k != "machine"})
+    )
     # the results used are kept beside the table: a clone without run folders remakes it
     from minbert.experiments.claims import write_claims
 

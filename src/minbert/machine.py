@@ -123,6 +123,11 @@ def extensions_text(record: dict) -> str:
     return kind
 
 
+def kind_label(record: dict) -> str:
+    """The machine kind alone: ``NVIDIA H200`` or ``AMD EPYC, AVX2 (emulated on ...)``."""
+    return record.get("gpu") or f"{record.get('cpu', 'unknown CPU')}, {extensions_text(record)}"
+
+
 def label(record: dict) -> str:
     """One line for logs and reports, e.g. ``AMD EPYC, AVX2 (emulated on AVX512-BF16),
     2 threads, fp32``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from minbert import machine
 from minbert.experiments.stats import paired, verdict
 from minbert.experiments.sweep import read_results, read_spec
 from minbert.run.atomic import write_atomic
@@ -51,6 +52,16 @@ def claims_table(specs: Path, runs: Path, kept: Path | None = None) -> str:
         scores = {a: {s: r["dev"][metric] for s, r in runs.items()} for a, runs in results.items()}
         text = claim.get("text", path.stem) + (f" ({claim['source']})" if "source" in claim else "")
         setting = f"`{path.name}` ({claim.get('budget', 'see the spec')})"
+        kinds = sorted(
+            {
+                machine.kind_label(r["machine"])
+                for rs in results.values()
+                for r in rs.values()
+                if r.get("machine")
+            }
+        )
+        if kinds:
+            setting += "; on " + " / ".join(kinds)
         for i, (arm, against) in enumerate(claim_pairs(spec)):
             change = (
                 paired(scores[arm], scores[against]) if scores[arm] and scores[against] else None
