@@ -2,6 +2,7 @@
 the tiny model (the real benchmark is not a test: it takes minutes and needs an idle machine)."""
 
 import json
+import re
 import runpy
 from pathlib import Path
 
@@ -227,8 +228,9 @@ def test_without_fast_bf16_the_best_setup_and_ablations_are_fp32():
 
 
 def test_quick_benchmark_on_a_cpu_without_fast_bf16_times_no_bf16(
-    tiny_setup, tmp_path, monkeypatch, restore_threads
+    tiny_setup, tmp_path, monkeypatch, restore_threads, caplog
 ):
+    caplog.set_level("INFO", logger="minbert.bench")
     # On an AVX2-only CPU bf16 matmuls run hundreds of times slower: the "best" setup in bf16
     # (and its bf16 matmul peak) made `minbert bench --quick` run for over 15 minutes there.
     monkeypatch.setattr(compare, "fast_bf16", lambda device: False)
@@ -248,6 +250,9 @@ def test_quick_benchmark_on_a_cpu_without_fast_bf16_times_no_bf16(
     }
     assert set(results["matmul_peak_flops"]) == {"fp32"}
     assert results["setups"]["best"]["batches"] == "length-grouped"
+    # each phase says how long its timed runs will take before they start
+    log = caplog.text
+    assert re.search(r"best train: about \d+ s for 3 repetitions \(from the warm-up\)", log)
 
 
 def test_the_benchmark_script_wraps_the_cli():

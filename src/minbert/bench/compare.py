@@ -24,6 +24,7 @@ from minbert.bench.measure import (
     alternating_runs,
     matmul_peak,
     pair_ratios,
+    seconds_of,
     summarise,
 )
 from minbert.bench.options import DTYPES, BenchOptions, Setup, machine_setup
@@ -211,9 +212,20 @@ def measure_phase(
     device: torch.device,
 ) -> dict:
     """Warm each system up, time ``reps`` alternating runs, and summarise them."""
-    for system in systems.values():
-        phase.run(system, phase.warmup, device, bf16)
+    warmup_seconds = sum(
+        seconds_of(lambda s=system: phase.run(s, phase.warmup, device, bf16), device)
+        for system in systems.values()
+    )
     work = count_work(phase.batches, shape)
+    # Said before the timed runs, so a slow machine's user knows what to expect. The warm-up
+    # holds one-time costs (kernel compilation, first allocations): an upper estimate.
+    scale = work.padded_tokens / max(count_work(phase.warmup, shape).padded_tokens, 1)
+    log.info(
+        "%s: about %.0f s for %d repetitions (from the warm-up)",
+        phase.label,
+        warmup_seconds * scale * reps,
+        reps,
+    )
     amounts = {unit: getattr(work, unit) for unit in phase.units}
     unit = phase.units[0]
 
