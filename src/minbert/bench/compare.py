@@ -318,9 +318,8 @@ def environment(device: torch.device) -> dict:
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": str(device),
         "device_name": device_name(device),
-        "threads": torch.get_num_threads(),
         "fast_bf16": fast_bf16(device),
-        # precision is the setup's (both are timed); the rest says which machine this was
+        # cpu, its extensions, threads, gpu; precision is the setup's (both are timed)
         **{
             k: v
             for k, v in machine.describe(device, False).items()
