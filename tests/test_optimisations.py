@@ -6,6 +6,8 @@ mask, Q/K/V in one matmul, the [CLS]-only last layer of cls/pooler heads, and pa
 manual attention paths are compared in tests/test_bert.py.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from minbert.data.batching import EncodedTask, Segment, encode_task, grouped_ord
 from minbert.data.io import TaskData
 from minbert.device import keep_freed_memory
 from minbert.eval.evaluate import predict
-from minbert.model.bert import Packing, packed_rows
+from minbert.model.bert import GROUP_LENGTH_SHARE, BertModel, Packing, attention_groups, packed_rows
 from minbert.model.dropout import dropout, keep_mask
 from minbert.model.heads import encode
 from minbert.model.multitask import MultiTaskModel
@@ -291,6 +293,52 @@ def test_packed_batches_give_the_padded_pass_outputs_and_gradients(
     assert len(got_grads) == len(want_grads)
     for g, w in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, atol=FP32_ATOL, rtol=1e-4)
+
+
+def test_attention_groups_cover_each_row_once_within_their_length_share():
+    lengths = torch.tensor([5, 40, 12, 3, 33, 20, 7, 40, 30, 31, 1])
+    groups = attention_groups(lengths)
+    rows = torch.cat([g.rows for g in groups])
+    assert sorted(rows.tolist()) == list(range(len(lengths)))
+    assert [g.length for g in groups] == sorted((g.length for g in groups), reverse=True)
+    for group in groups:
+        member = lengths[group.rows]
+        assert member.max() == group.length
+        assert (member >= GROUP_LENGTH_SHARE * group.length).all()
+    assert [g.rows.tolist() for g in groups[:2]] == [[1, 7, 4, 9, 8], [5]]
+    assert attention_groups(torch.tensor([30, 25, 28, 23])) == ()  # one group: none
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "manual"])
+@pytest.mark.parametrize("first_only", [False, True])
+@pytest.mark.parametrize("training", [False, True])
+def test_attention_per_length_group_gives_the_padded_attention_outputs_and_gradients(
+    tiny_config, impl, first_only, training
+):
+    # no dropout: the same function in both modes (training runs the manual path on CPU)
+    config = dataclasses.replace(
+        tiny_config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    torch.manual_seed(0)
+    tiny_model = BertModel(config, attention=impl).train(training)
+    lengths = torch.tensor([3, 40, 7, 12, 38, 1, 25, 40])
+    ids = torch.randint(5, tiny_config.vocab_size, (8, 40))
+    mask = (torch.arange(40)[None] < lengths[:, None]).long()
+    assert len(Packing.of(mask.bool()).groups) > 3
+    results = []
+    for grouped in (False, True):
+        tiny_model.group_attention = grouped
+        tiny_model.zero_grad()
+        out = tiny_model(ids, mask, first_token_only=first_only)
+        states = out.last_hidden_state if first_only else out.last_hidden_state[mask.bool()]
+        (states.square().sum() + out.pooler_output.sum()).backward()
+        grads = [p.grad.clone() for p in tiny_model.parameters() if p.grad is not None]
+        results.append((states, grads))
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, want, atol=FP32_ATOL, rtol=1e-5)
+    assert len(got_grads) == len(want_grads)
+    for g, w in zip(got_grads, want_grads, strict=True):  # fp32 sums in another order
+        torch.testing.assert_close(g, w, atol=FP32_ATOL * max(1.0, w.abs().max()), rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cosine"])

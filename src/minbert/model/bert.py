@@ -100,6 +100,10 @@ class Packing:
     (``packed_rows``). oneDNN compiles a matmul kernel per shape (about 5 ms each with AMX
     here), and n alone is new almost every batch. Attention pads the states back to (B, T, W)
     for its T x T products. Same results as the padded pass on every real token.
+
+    ``groups``: when the rows' lengths differ widely (a batch in file order), attention runs
+    per group of rows of similar length, each padded to its own longest row instead of T
+    (``attention_groups``); empty when one group would do.
     """
 
     batch: int
@@ -107,9 +111,10 @@ class Packing:
     index: Tensor  # (m,): flat position b * T + t of each computed row, the n real ones first
     real: int  # n
     firsts: Tensor  # (B,): where each sequence's first token sits among the rows
+    groups: tuple[AttentionGroup, ...] = ()
 
     @classmethod
-    def of(cls, keep: Tensor) -> Packing:
+    def of(cls, keep: Tensor, group_attention: bool = True) -> Packing:
         """From the (B, T) bool mask; every sequence's first token must be real."""
         b, t = keep.shape
         flat = keep.reshape(-1)
@@ -118,7 +123,8 @@ class Packing:
         extra = packed_rows(n, b * t) - n
         if extra:
             index = torch.cat([index, (~flat).nonzero().squeeze(1)[:extra]])
-        return cls(b, t, index, n, (index[:n] % t == 0).nonzero().squeeze(1))
+        groups = attention_groups(keep.sum(1)) if group_attention else ()
+        return cls(b, t, index, n, (index[:n] % t == 0).nonzero().squeeze(1), groups)
 
     def pack(self, padded: Tensor) -> Tensor:
         """(B, T, W) -> (m, W)."""
@@ -135,6 +141,34 @@ class Packing:
     def first(self, packed: Tensor) -> Tensor:
         """(m, W) -> (B, 1, W): each sequence's first token."""
         return packed.index_select(0, self.firsts).unsqueeze(1)
+
+
+@dataclass(frozen=True)
+class AttentionGroup:
+    """Rows of a batch that attend together, padded to ``length`` keys."""
+
+    rows: Tensor  # (b,) row numbers in the batch
+    length: int
+
+
+# A row joins the group of the longer rows before it while its length is at least this share
+# of the group's longest: at most 1 / 0.75^2 = 1.8x its own T x T attention work.
+GROUP_LENGTH_SHARE = 0.75
+
+
+def attention_groups(lengths: Tensor) -> tuple[AttentionGroup, ...]:
+    """The rows sorted by length, longest first, cut into groups whose rows are each at least
+    ``GROUP_LENGTH_SHARE`` of their group's longest; () when that is a single group."""
+    values, order = lengths.sort(descending=True, stable=True)
+    values = values.tolist()
+    starts = [0]
+    for i, n in enumerate(values):
+        if n < GROUP_LENGTH_SHARE * values[starts[-1]]:
+            starts.append(i)
+    if len(starts) == 1:
+        return ()
+    ends = [*starts[1:], len(values)]
+    return tuple(AttentionGroup(order[s:e], values[s]) for s, e in zip(starts, ends, strict=True))
 
 
 def packed_rows(real: int, limit: int) -> int:
@@ -250,6 +284,16 @@ class BertSelfAttention(nn.Module):
             k, v = self._project(hidden, self.key, self.value, packing=packing)  # (B, N, T, D)
         else:
             q, k, v = self._project(hidden, self.query, self.key, self.value, packing=packing)
+        if packing is not None and packing.groups:
+            context = self._attend_grouped(q, k, v, keep, packing.groups)
+        else:
+            context = self._attend(q, k, v, keep)  # (B, N, T, D)
+        b, _, t, _ = context.shape
+        context = context.transpose(1, 2).reshape(b, t, -1)  # (B, T, H)
+        return context if packing is None or first_only else packing.pack(context)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor) -> Tensor:
+        """softmax(q k^T / sqrt(D)) v over the keys ``keep`` allows: (B, N, Tq, D)."""
         dropout_p = self.dropout_p if self.training else 0.0
         # CPU training takes the manual math below. With dropout, sdpa has no fused CPU kernel
         # and falls back to the same math with a slower mask; without dropout, its training
@@ -258,19 +302,28 @@ class BertSelfAttention(nn.Module):
         if self.impl == "sdpa" and (
             not cpu_training or (self.sdpa_in_cpu_training and not dropout_p)
         ):
-            context = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=keep, dropout_p=dropout_p
-            )  # (B, N, T, D)
-        elif self.impl in ("sdpa", "manual"):
-            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, N, T, T)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p)
+        if self.impl in ("sdpa", "manual"):
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, N, Tq, T)
             scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
-            probs = self.dropout(scores.softmax(dim=-1))  # (B, N, T, T)
-            context = probs @ v  # (B, N, T, D)
-        else:
-            raise ValueError(f"unknown attention implementation {self.impl!r}")
-        b, _, t, _ = context.shape
-        context = context.transpose(1, 2).reshape(b, t, -1)  # (B, T, H)
-        return context if packing is None or first_only else packing.pack(context)
+            probs = self.dropout(scores.softmax(dim=-1))  # (B, N, Tq, T)
+            return probs @ v
+        raise ValueError(f"unknown attention implementation {self.impl!r}")
+
+    def _attend_grouped(
+        self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor, groups: tuple[AttentionGroup, ...]
+    ) -> Tensor:
+        """``_attend`` per group of rows, each on its own first ``length`` keys (and queries,
+        unless there is a single query); positions past a group's length get zeros."""
+        b, n, tq, d = q.shape
+        context = q.new_zeros(b, n, tq, d)
+        for group in groups:
+            rows, t = group.rows, group.length
+            tg = tq if tq == 1 else t
+            context[rows, :, :tg] = self._attend(
+                q[rows, :, :tg], k[rows, :, :t], v[rows, :, :t], keep[rows, ..., :t]
+            )
+        return context
 
 
 class BertSelfOutput(nn.Module):
@@ -396,6 +449,9 @@ class BertModel(nn.Module):
         self.first_token_shortcut = True
         # Per-token work on real tokens alone when a batch has padding (off: the ablation).
         self.pack_tokens = True
+        # With packing, attention per group of similar lengths (``Packing.groups``; off: the
+        # ablation).
+        self.group_attention = True
 
     def set_attention(self, impl: AttentionImpl) -> None:
         """Switch every layer between the ``sdpa`` and ``manual`` attention paths."""
@@ -437,7 +493,7 @@ class BertModel(nn.Module):
         hidden = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         packing = None
         if self.pack_tokens and not real.all() and real[:, 0].all():
-            packing = Packing.of(real)
+            packing = Packing.of(real, self.group_attention)
             hidden = packing.pack(hidden)  # (m, H)
         hidden = self.encoder(hidden, real[:, None, None, :], first_token_only, packing, top)
         if packing is not None and not first_token_only:
