@@ -29,11 +29,18 @@ ARMS = {
 
 
 def measure(arm: str, steps: int, warmup: int, threads: int) -> dict:
+    path, sets = ARMS[arm]
+    return measure_config(arm, path, sets, steps, warmup, threads)
+
+
+def measure_config(
+    arm: str, path: str, sets: list[str], steps: int, warmup: int, threads: int
+) -> dict:
+    """The figures of one arm: the config at ``path`` with the ``--set`` overrides ``sets``."""
     from minbert.config import load_config
     from minbert.run.model_dir import save_model_dir
     from minbert.train.trainer import Trainer
 
-    path, sets = ARMS[arm]
     overrides = [*sets, f"train.threads={threads}", "train.progress=false"]
     config = load_config(ROOT / path, [*overrides, f"train.max_steps={steps + warmup}"])
     with tempfile.TemporaryDirectory() as out:
