@@ -449,8 +449,8 @@ class BertModel(nn.Module):
         self.first_token_shortcut = True
         # Per-token work on real tokens alone when a batch has padding (off: the ablation).
         self.pack_tokens = True
-        # With packing, attention per group of similar lengths (``Packing.groups``; off: the
-        # ablation).
+        # With packing, attention per group of similar lengths (``Packing.groups``; off:
+        # benchmarks/grouped_attention.py's comparison).
         self.group_attention = True
 
     def set_attention(self, impl: AttentionImpl) -> None:
