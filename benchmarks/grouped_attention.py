@@ -20,9 +20,10 @@ from minbert.model.bert import Packing
 from minbert.model.loading import load_pretrained
 
 
-def attention_work(batches) -> tuple[int, int]:
-    """Sum over rows of the keys each query attends to: padded to the batch, and per group."""
-    padded = grouped = 0
+def attention_work(batches) -> tuple[int, int, float]:
+    """Query-key pairs attended padded to the batch and per group, and the real tokens' share
+    of the padded batches' tokens (the per-token work packing saves)."""
+    padded = grouped = real = tokens = 0
     for _, batch in batches:
         for segment in batch.segments:
             keep = segment.attention_mask.bool()
@@ -30,7 +31,8 @@ def attention_work(batches) -> tuple[int, int]:
             padded += b * t * t
             groups = Packing.of(keep).groups
             grouped += sum(len(g.rows) * g.length**2 for g in groups) if groups else b * t * t
-    return padded, grouped
+            real, tokens = real + int(keep.sum()), tokens + b * t
+    return padded, grouped, real / tokens
 
 
 def main() -> None:
@@ -48,10 +50,11 @@ def main() -> None:
     data = load_bench_data("data", tokenizer, 128, train_limit=1, dev_limit=args.dev_limit)
     batches = scoring_batches(data.dev, 128, sort_by_length=False)
     sentences = sum(len(b) * len(b.segments) for _, b in batches)
-    padded, grouped = attention_work(batches)
+    padded, grouped, real_share = attention_work(batches)
     print(
-        f"{len(batches)} batches, {sentences} sentences in file order; attention work per group "
-        f"is {grouped / padded:.1%} of the padded batch's"
+        f"{len(batches)} batches, {sentences} sentences in file order; real tokens are "
+        f"{real_share:.1%} of the padded batches'; attention work per group is "
+        f"{grouped / padded:.1%} of the padded batch's"
     )
     encoder, device = system.model.encoder, torch.device("cpu")
     seconds: dict[bool, list[float]] = {True: [], False: []}

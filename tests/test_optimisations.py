@@ -6,8 +6,6 @@ mask, Q/K/V in one matmul, the [CLS]-only last layer of cls/pooler heads, and pa
 manual attention paths are compared in tests/test_bert.py.
 """
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -18,7 +16,7 @@ from minbert.data.batching import EncodedTask, Segment, encode_task, grouped_ord
 from minbert.data.io import TaskData
 from minbert.device import keep_freed_memory
 from minbert.eval.evaluate import predict
-from minbert.model.bert import GROUP_LENGTH_SHARE, BertModel, Packing, attention_groups, packed_rows
+from minbert.model.bert import GROUP_LENGTH_SHARE, Packing, attention_groups, packed_rows
 from minbert.model.dropout import dropout, keep_mask
 from minbert.model.heads import encode
 from minbert.model.multitask import MultiTaskModel
@@ -295,6 +293,22 @@ def test_packed_batches_give_the_padded_pass_outputs_and_gradients(
         torch.testing.assert_close(g, w, atol=FP32_ATOL, rtol=1e-4)
 
 
+def test_training_attends_on_the_whole_padded_batch(tiny_model, tiny_config, monkeypatch):
+    """Grouping in training would draw attention dropout's masks per group: another random
+    path for every training run."""
+    seen = []
+    real_of = Packing.of
+    monkeypatch.setattr(
+        Packing, "of", lambda keep, grouped: seen.append(grouped) or real_of(keep, grouped)
+    )
+    ids = torch.randint(5, tiny_config.vocab_size, (2, 40))
+    mask = torch.ones_like(ids)
+    mask[1, 3:] = 0
+    tiny_model.train()(ids, mask)
+    tiny_model.eval()(ids, mask)
+    assert seen == [False, True]
+
+
 def test_attention_groups_cover_each_row_once_within_their_length_share():
     lengths = torch.tensor([5, 40, 12, 3, 33, 20, 7, 40, 30, 31, 1])
     groups = attention_groups(lengths)
@@ -311,16 +325,10 @@ def test_attention_groups_cover_each_row_once_within_their_length_share():
 
 @pytest.mark.parametrize("impl", ["sdpa", "manual"])
 @pytest.mark.parametrize("first_only", [False, True])
-@pytest.mark.parametrize("training", [False, True])
 def test_attention_per_length_group_gives_the_padded_attention_outputs_and_gradients(
-    tiny_config, impl, first_only, training
+    tiny_model, tiny_config, impl, first_only
 ):
-    # no dropout: the same function in both modes (training runs the manual path on CPU)
-    config = dataclasses.replace(
-        tiny_config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
-    )
-    torch.manual_seed(0)
-    tiny_model = BertModel(config, attention=impl).train(training)
+    tiny_model.set_attention(impl)
     lengths = torch.tensor([3, 40, 7, 12, 38, 1, 25, 40])
     ids = torch.randint(5, tiny_config.vocab_size, (8, 40))
     mask = (torch.arange(40)[None] < lengths[:, None]).long()

@@ -450,7 +450,9 @@ class BertModel(nn.Module):
         # Per-token work on real tokens alone when a batch has padding (off: the ablation).
         self.pack_tokens = True
         # With packing, attention per group of similar lengths (``Packing.groups``; off:
-        # benchmarks/grouped_attention.py's comparison).
+        # benchmarks/grouped_attention.py's comparison). Not in training: attention dropout
+        # would draw its masks per group, so every training run would follow another random
+        # path than the measured ones, for a gain not measured in training yet.
         self.group_attention = True
 
     def set_attention(self, impl: AttentionImpl) -> None:
@@ -493,7 +495,7 @@ class BertModel(nn.Module):
         hidden = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         packing = None
         if self.pack_tokens and not real.all() and real[:, 0].all():
-            packing = Packing.of(real, self.group_attention)
+            packing = Packing.of(real, self.group_attention and not self.training)
             hidden = packing.pack(hidden)  # (m, H)
         hidden = self.encoder(hidden, real[:, None, None, :], first_token_only, packing, top)
         if packing is not None and not first_token_only:
