@@ -429,3 +429,15 @@ def test_every_shipped_claim_spec_loads():
     for path in specs:
         spec = read_spec(path)
         assert spec.claim["metric"] and len(spec.seeds) >= 3
+
+
+def test_every_shipped_lever_spec_loads():
+    from minbert.experiments.sweep import read_spec
+
+    specs = sorted((Path(__file__).resolve().parents[1] / "configs" / "levers").glob("*.toml"))
+    assert specs
+    for path in specs:
+        spec = read_spec(path)
+        assert len(spec.seeds) >= 3
+        for arm in spec.arms.values():
+            arm.config([f"train.seed={spec.seeds[0]}"])  # every override is a valid key
