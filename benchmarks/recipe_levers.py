@@ -10,6 +10,8 @@ Prints one JSON line per arm.
 
 from __future__ import annotations
 
+import json
+
 from adapters import measure_config
 from per_process import run_arms
 
@@ -34,7 +36,7 @@ ARMS = {
 def measure(arm: str, steps: int, warmup: int, threads: int) -> dict:
     sets = ['train.precision="fp32"']
     if ARMS[arm] is not None:
-        sets.append("train.trainable=" + str(ARMS[arm]).replace("'", '"'))
+        sets.append("train.trainable=" + json.dumps(ARMS[arm]))
     return measure_config(arm, "configs/default.toml", sets, steps, warmup, threads)
 
 
