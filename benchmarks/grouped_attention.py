@@ -16,7 +16,7 @@ import torch
 
 from minbert.bench.systems import build_minbert, load_bench_data, score_run, scoring_batches
 from minbert.device import keep_freed_memory
-from minbert.model.bert import Packing
+from minbert.model.bert import attention_groups
 from minbert.model.loading import load_pretrained
 
 
@@ -29,7 +29,7 @@ def attention_work(batches) -> tuple[int, int, float]:
             keep = segment.attention_mask.bool()
             b, t = keep.shape
             padded += b * t * t
-            groups = Packing.of(keep).groups
+            groups = attention_groups(keep.sum(1))
             grouped += sum(len(g.rows) * g.length**2 for g in groups) if groups else b * t * t
             real, tokens = real + int(keep.sum()), tokens + b * t
     return padded, grouped, real / tokens
