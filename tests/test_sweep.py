@@ -171,6 +171,19 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tiny_setup, tmp_path, cap
         ("[sweep]\nseed = [1]\n[arms.a]\n", "sweep: unknown key(s) ['seed']"),
         ("[sweep]\nseeds = [1]\n[arms.'a b']\n", "arms.a b: a name of letters"),
         ("[sweep\n", "not a TOML file"),
+        (
+            "[sweep]\nseeds = [1, 2]\n[arms.a]\n[arms.e]\nensemble = 'b'\n",
+            "arms.e.ensemble: 'b' is not a trained arm; trained arms: ['a']",
+        ),
+        (
+            "[sweep]\nseeds = [1, 2]\n[arms.a]\n[arms.e]\nensemble = 'a'\n[arms.s]\nsoup = 'e'\n",
+            "arms.s.soup: 'e' is not a trained arm",
+        ),
+        (
+            "[sweep]\nseeds = [1, 2]\n[arms.a]\n[arms.e]\nensemble = 'a'\nset = []\n",
+            "arms.e: ensemble = 'ARM' alone",
+        ),
+        ("[sweep]\nseeds = [1]\n[arms.a]\n[arms.e]\nsoup = 'a'\n", "arms.e: a soup of one seed"),
     ],
 )
 def test_a_bad_spec_is_refused_naming_the_key(tmp_path, spec_text, message):
@@ -178,6 +191,35 @@ def test_a_bad_spec_is_refused_naming_the_key(tmp_path, spec_text, message):
     path.write_text(spec_text)
     with pytest.raises(SweepError, match=f"{re.escape(str(path))}: .*{re.escape(message)}"):
         read_spec(path)
+
+
+def test_an_ensemble_arm_combines_every_seeds_run_and_pairs_with_each(tiny_setup, tmp_path):
+    from minbert.experiments.ensemble import run_ensemble
+
+    spec_path = _write_spec(tmp_path / "spec.toml", tiny_setup, {"base": []})
+    with spec_path.open("a") as f:
+        f.write("[arms.ens]\nensemble = 'base'\n[arms.soup]\nsoup = 'base'\n")
+    spec, out = read_spec(spec_path), tmp_path / "out"
+    assert [(arm.name, seed) for arm, seed in spec.runs()] == [("base", 1), ("base", 2)]
+    assert run_sweep(spec, out)["failed"] == []
+    kept = {p.stem: json.loads(p.read_text()) for p in (out / "results").iterdir()}
+    assert sorted(kept) == ["base-s1", "base-s2", "ens-s1", "ens-s2", "soup-s1", "soup-s2"]
+    check = run_ensemble([out / "base-s1", out / "base-s2"], tmp_path / "check", soup=True)
+    for seed in (1, 2):
+        assert kept[f"ens-s{seed}"]["dev"] == pytest.approx(check["dev"], abs=1e-9)
+        assert kept[f"soup-s{seed}"]["dev"] == pytest.approx(check["soup"]["dev"], abs=1e-9)
+    metric = "sst_accuracy"
+    change = _metrics(out)["ens"][metric]["paired"]["mean"]
+    members = [kept[f"base-s{s}"]["dev"][metric] for s in (1, 2)]
+    assert change == pytest.approx(check["dev"][metric] - np.mean(members), abs=1e-12)
+    assert "| ens | 2/2 |" in (out / "sweep.md").read_text()
+    # again: nothing trained or combined a second time
+    combined = (out / "base-combined" / "ensemble.json").stat().st_mtime_ns
+    for name in ("ens-s1.json", "soup-s2.json"):
+        (out / "results" / name).unlink()  # a lost result is made again from the folder
+    run_sweep(spec, out)
+    assert (out / "base-combined" / "ensemble.json").stat().st_mtime_ns == combined
+    assert json.loads((out / "results" / "ens-s1.json").read_text()) == kept["ens-s1"]
 
 
 def test_too_many_jobs_and_a_folder_of_another_run_are_refused_before_running(tiny_setup, tmp_path):

@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,7 @@ def run_ensemble(
     out = Path(out)
     if (out / "ensemble.json").exists() and not overwrite:
         raise EnsembleError(f"{out} holds an ensemble; give another --out, or --overwrite")
+    started = time.monotonic()
     members = load_members(runs)
     tasks = members[0].model.tasks
     summary: dict = {
@@ -159,6 +161,7 @@ def run_ensemble(
         write_predictions(
             out / "predictions" / f"{task}-{split}.csv", ids, values, TASKS[task].label_kind
         )
+    summary["wall_seconds"] = round(time.monotonic() - started, 1)
     write_atomic(out / "ensemble.json", json.dumps(summary, indent=1) + "\n")
     return summary
 

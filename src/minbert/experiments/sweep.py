@@ -12,6 +12,14 @@ A spec::
     [arms.base]
     [arms.eda]
     set = ["augment.sst.synonym=0.1"]
+    [arms.base-ensemble]
+    ensemble = "base"                  # the mean of arm base's seeds' predictions
+    [arms.base-soup]
+    soup = "base"                      # their weights averaged
+
+An ``ensemble`` or ``soup`` arm trains nothing: once every seed of the arm it names has
+finished, ``minbert ensemble`` combines them (into ``DIR/<arm>-combined/``), and its one
+result is kept for each seed, so that the table pairs the combination with each member.
 
 Run ``<arm>-s<seed>`` goes to ``DIR/<arm>-s<seed>/``. A finished run is kept (its config must
 be the arm's, or the sweep stops), a stopped one is resumed, a failed one is reported and
@@ -55,11 +63,16 @@ class SweepError(UserError, ValueError):
     """A sweep spec or output folder that cannot be used as it is."""
 
 
+COMBINATIONS = ("ensemble", "soup")
+
+
 @dataclass(frozen=True)
 class Arm:
     name: str
     config_path: str | None
     overrides: list[str]
+    combines: str | None = None  # an ensemble or soup arm: the trained arm it combines
+    how: str = ""  # "ensemble" or "soup"
 
     def config(self, extra: list[str] = ()) -> Config:
         return load_config(self.config_path, [*self.overrides, *extra])
@@ -75,9 +88,18 @@ class Spec:
     claim: dict = field(default_factory=dict)  # [claim]: what a report says (claims.py)
 
     def runs(self) -> list[tuple[Arm, int]]:
-        """Every (arm, seed), seed-major: the baseline and the arms of a seed run together,
-        so a sweep stopped half-way has complete pairs."""
-        return [(arm, seed) for seed in self.seeds for arm in self.arms.values()]
+        """Every (trained arm, seed), seed-major: the baseline and the arms of a seed run
+        together, so a sweep stopped half-way has complete pairs."""
+        trained = [arm for arm in self.arms.values() if arm.combines is None]
+        return [(arm, seed) for seed in self.seeds for arm in trained]
+
+    def combinations(self) -> dict[str, list[Arm]]:
+        """Trained arm -> the ensemble and soup arms that combine its seeds."""
+        found: dict[str, list[Arm]] = {}
+        for arm in self.arms.values():
+            if arm.combines is not None:
+                found.setdefault(arm.combines, []).append(arm)
+        return found
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -119,10 +141,20 @@ def read_spec(path: str | Path) -> Spec:
     for name, table in arms_table.items():
         if not NAME.fullmatch(name):
             raise SweepError(f"{path}: arms.{name}: a name of letters, digits, '_', '-', '.'")
-        if bad := set(table) - {"config", "set"}:
+        if bad := set(table) - {"config", "set", *COMBINATIONS}:
             raise SweepError(
-                f"{path}: arms.{name}: unknown key(s) {sorted(bad)}; allowed config, set"
+                f"{path}: arms.{name}: unknown key(s) {sorted(bad)}; allowed config, set, "
+                "ensemble, soup"
             )
+        if how := [k for k in COMBINATIONS if k in table]:
+            of = table[how[0]]
+            if len(table) != 1 or not isinstance(of, str):
+                raise SweepError(
+                    f"{path}: arms.{name}: {how[0]} = 'ARM' alone (it trains nothing: "
+                    "no config, set or second combination)"
+                )
+            arms[name] = Arm(name, None, [], combines=of, how=how[0])
+            continue
         config_path = table.get("config", default_config)  # relative: to the current folder
         overrides = [*common, *_list_of(table.get("set", []), str, f"arms.{name}.set", path)]
         arm = Arm(name, config_path, overrides)
@@ -131,6 +163,17 @@ def read_spec(path: str | Path) -> Spec:
         except UserError as exc:
             raise SweepError(f"{path}: arms.{name}: {exc}") from None
         arms[name] = arm
+    for arm in arms.values():
+        if arm.combines is not None and (
+            arm.combines not in arms or arms[arm.combines].combines is not None
+        ):
+            trained = [a.name for a in arms.values() if a.combines is None]
+            raise SweepError(
+                f"{path}: arms.{arm.name}.{arm.how}: {arm.combines!r} is not a trained arm; "
+                f"trained arms: {trained}"
+            )
+        if arm.combines is not None and len(seeds) < 2:
+            raise SweepError(f"{path}: arms.{arm.name}: a {arm.how} of one seed; give two or more")
     baseline = sweep.get("baseline", next(iter(arms)))
     if baseline not in arms:
         raise SweepError(f"{path}: sweep.baseline: {baseline!r} is not an arm; arms: {list(arms)}")
@@ -254,6 +297,8 @@ def run_sweep(spec: Spec, out: str | Path, jobs: int = 1) -> dict:
         for s, handler in old.items():
             signal.signal(s, handler)
     collect(spec, out)
+    if stop["signal"] is None:
+        combine(spec, out)
     summary = write_tables(spec, out)
     summary["failed"] = failed
     if stop["signal"] is not None:
@@ -285,16 +330,54 @@ def collect(spec: Spec, out: Path) -> None:
         write_atomic(_kept(out, arm.name, seed), json.dumps(kept, indent=1) + "\n")
 
 
+def combine(spec: Spec, out: Path) -> None:
+    """Each ensemble and soup arm's result, once every seed of the arm it combines has a
+    finished run folder; kept for every seed (one combination, paired with each member)."""
+    from minbert.experiments.ensemble import run_ensemble
+
+    for of, arms in spec.combinations().items():
+        if all(_kept(out, arm.name, seed).is_file() for arm in arms for seed in spec.seeds):
+            continue
+        members = [RunDir(out / run_name(of, seed)) for seed in spec.seeds]
+        if missing := [m.root.name for m in members if not m.final.is_file()]:
+            log.warning(
+                "%s: not combined, the run folders of %s are not finished", arms[0].name, missing
+            )
+            continue
+        folder = out / f"{of}-combined"
+        if (folder / "ensemble.json").is_file():  # combined before; the members are kept
+            summary = json.loads((folder / "ensemble.json").read_text(encoding="utf-8"))
+        else:
+            log.info("combining the %d runs of arm %s into %s", len(members), of, folder)
+            summary = run_ensemble(
+                [m.root for m in members], folder, soup=any(a.how == "soup" for a in arms)
+            )
+        final = json.loads(members[0].final.read_text(encoding="utf-8"))
+        for arm in arms:
+            dev = summary["soup"]["dev"] if arm.how == "soup" else summary["dev"]
+            for seed in spec.seeds:
+                kept = {
+                    "arm": arm.name,
+                    "seed": seed,
+                    "dev": dev,
+                    "combines": [m.root.name for m in members],
+                    "combine_wall_seconds": summary.get("wall_seconds"),
+                    "machine": final.get("machine"),
+                }
+                write_atomic(_kept(out, arm.name, seed), json.dumps(kept, indent=1) + "\n")
+
+
 # -- the table -----------------------------------------------------------------------------------
 
 
 def read_results(spec: Spec, out: Path) -> dict[str, dict[int, dict]]:
     """arm -> seed -> kept result, for the spec's arms and seeds found in ``DIR/results``."""
     found: dict[str, dict[int, dict]] = {name: {} for name in spec.arms}
-    for arm, seed in spec.runs():
-        path = _kept(out, arm.name, seed)
-        if path.is_file():
-            found[arm.name][seed] = json.loads(path.read_text(encoding="utf-8"))
+    for seed in spec.seeds:
+        for name in spec.arms:
+            path = _kept(out, name, seed)
+            if path.is_file():
+                found[name][seed] = json.loads(path.read_text(encoding="utf-8"))
     return found
 
 
