@@ -222,6 +222,32 @@ def test_an_ensemble_arm_combines_every_seeds_run_and_pairs_with_each(tiny_setup
     assert json.loads((out / "results" / "ens-s1.json").read_text()) == kept["ens-s1"]
 
 
+def test_an_ensemble_that_fails_is_reported_and_a_soup_added_later_is_made(
+    tiny_setup, tmp_path, monkeypatch
+):
+    from minbert.experiments import ensemble
+
+    spec_path = _write_spec(tmp_path / "spec.toml", tiny_setup, {"base": []})
+    with spec_path.open("a") as f:
+        f.write("[arms.ens]\nensemble = 'base'\n")
+    out, real = tmp_path / "out", ensemble.run_ensemble
+
+    def refuse(*args, **kwargs):
+        raise ensemble.EnsembleError("refused for the test")
+
+    monkeypatch.setattr(ensemble, "run_ensemble", refuse)
+    summary = run_sweep(read_spec(spec_path), out)
+    assert summary["failed"] == ["ens"] and "| ens | 0/2 |" in (out / "sweep.md").read_text()
+    monkeypatch.setattr(ensemble, "run_ensemble", real)
+    assert run_sweep(read_spec(spec_path), out)["failed"] == []
+    assert "soup" not in json.loads((out / "base-combined" / "ensemble.json").read_text())
+    with spec_path.open("a") as f:
+        f.write("[arms.soup]\nsoup = 'base'\n")
+    run_sweep(read_spec(spec_path), out)
+    assert "soup" in json.loads((out / "base-combined" / "ensemble.json").read_text())
+    assert (out / "results" / "soup-s2.json").is_file()
+
+
 def test_too_many_jobs_and_a_folder_of_another_run_are_refused_before_running(tiny_setup, tmp_path):
     spec = read_spec(_write_spec(tmp_path / "spec.toml", tiny_setup, ARMS, seeds=[4]))
     with pytest.raises(SweepError, match="--jobs 999: between 1 and"):

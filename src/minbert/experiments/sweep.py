@@ -298,7 +298,7 @@ def run_sweep(spec: Spec, out: str | Path, jobs: int = 1) -> dict:
             signal.signal(s, handler)
     collect(spec, out)
     if stop["signal"] is None:
-        combine(spec, out)
+        failed += combine(spec, out)
     summary = write_tables(spec, out)
     summary["failed"] = failed
     if stop["signal"] is not None:
@@ -330,11 +330,13 @@ def collect(spec: Spec, out: Path) -> None:
         write_atomic(_kept(out, arm.name, seed), json.dumps(kept, indent=1) + "\n")
 
 
-def combine(spec: Spec, out: Path) -> None:
+def combine(spec: Spec, out: Path) -> list[str]:
     """Each ensemble and soup arm's result, once every seed of the arm it combines has a
-    finished run folder; kept for every seed (one combination, paired with each member)."""
+    finished run folder; kept for every seed (one combination, paired with each member).
+    Returns the combination arms that failed."""
     from minbert.experiments.ensemble import run_ensemble
 
+    failed = []
     for of, arms in spec.combinations().items():
         if all(_kept(out, arm.name, seed).is_file() for arm in arms for seed in spec.seeds):
             continue
@@ -344,14 +346,18 @@ def combine(spec: Spec, out: Path) -> None:
                 "%s: not combined, the run folders of %s are not finished", arms[0].name, missing
             )
             continue
-        folder = out / f"{of}-combined"
+        folder, soup = out / f"{of}-combined", any(a.how == "soup" for a in arms)
+        summary = {}
         if (folder / "ensemble.json").is_file():  # combined before; the members are kept
             summary = json.loads((folder / "ensemble.json").read_text(encoding="utf-8"))
-        else:
+        if not summary or (soup and "soup" not in summary):
             log.info("combining the %d runs of arm %s into %s", len(members), of, folder)
-            summary = run_ensemble(
-                [m.root for m in members], folder, soup=any(a.how == "soup" for a in arms)
-            )
+            try:
+                summary = run_ensemble([m.root for m in members], folder, soup, overwrite=True)
+            except UserError as exc:
+                log.error("%s: %s", ", ".join(a.name for a in arms), exc)
+                failed += [a.name for a in arms]
+                continue
         final = json.loads(members[0].final.read_text(encoding="utf-8"))
         for arm in arms:
             dev = summary["soup"]["dev"] if arm.how == "soup" else summary["dev"]
@@ -365,6 +371,7 @@ def combine(spec: Spec, out: Path) -> None:
                     "machine": final.get("machine"),
                 }
                 write_atomic(_kept(out, arm.name, seed), json.dumps(kept, indent=1) + "\n")
+    return failed
 
 
 # -- the table -----------------------------------------------------------------------------------
