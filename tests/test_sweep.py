@@ -5,6 +5,7 @@ anything runs."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -246,6 +247,20 @@ def test_an_ensemble_that_fails_is_reported_and_a_soup_added_later_is_made(
     run_sweep(read_spec(spec_path), out)
     assert "soup" in json.loads((out / "base-combined" / "ensemble.json").read_text())
     assert (out / "results" / "soup-s2.json").is_file()
+
+
+def test_reading_a_spec_does_not_warn_once_per_arm(tmp_path, caplog):
+    # `minbert claims` printed "heads.quora, heads.sts: not used" for every arm of every
+    # SST-only spec it read; the run itself still says so in its own log.
+    path = tmp_path / "spec.toml"
+    budget = json.dumps(["train.tasks=['sst']", "train.task_weights={}"])
+    path.write_text(
+        f"[sweep]\nseeds = [1]\nconfig = 'configs/default.toml'\nset = {budget}\n[arms.a]\n[arms.b]\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        read_spec(path)
+    assert not [r for r in caplog.records if "not used" in r.getMessage()]
+    assert logging.getLogger("minbert.config").level == logging.NOTSET
 
 
 def test_too_many_jobs_and_a_folder_of_another_run_are_refused_before_running(tiny_setup, tmp_path):
