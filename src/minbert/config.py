@@ -471,14 +471,16 @@ def merge_tables(under: dict, over: dict) -> dict:
     return out
 
 
-def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def config_from_dict(
+    data: dict, overrides: list[str] | tuple[str, ...] = (), warn_unused: bool = True
+) -> Config:
     data = deep_copy(data)
     for text in overrides:
         path, value = parse_override(text)
         set_path(data, path, value, text)
     move_renamed_keys(data)
     config = build_table(Config, data)
-    if unused := config.unused_task_tables():
+    if warn_unused and (unused := config.unused_task_tables()):
         log.warning(
             "%s: not used, the run trains only %s (train.tasks)",
             ", ".join(unused),
@@ -515,9 +517,11 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     base: dict | None = None,
+    warn_unused: bool = True,
 ) -> Config:
     """Defaults, then ``base`` (a command's own defaults), then the TOML file (if any), then
-    ``key=value`` overrides."""
+    ``key=value`` overrides. ``warn_unused``: log task tables the run does not train (off
+    where a config is only checked, e.g. every arm of a sweep spec)."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -525,6 +529,6 @@ def load_config(
     if base:
         data = merge_tables(base, data)
     try:
-        return config_from_dict(data, overrides)
+        return config_from_dict(data, overrides, warn_unused)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None

@@ -75,15 +75,9 @@ class Arm:
     how: str = ""  # "ensemble" or "soup"
 
     def config(self, extra: list[str] = ()) -> Config:
-        """The arm's config, quietly: its warnings (task tables the arm does not train) are
-        the run's to log, not once per arm each time the spec is read."""
-        quiet = logging.getLogger("minbert.config")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        try:
-            return load_config(self.config_path, [*self.overrides, *extra])
-        finally:
-            quiet.setLevel(level)
+        """The arm's config, checked without its warnings (task tables the arm does not
+        train): those are the run's to log, not once per arm each time the spec is read."""
+        return load_config(self.config_path, [*self.overrides, *extra], warn_unused=False)
 
 
 @dataclass(frozen=True)
